@@ -1,0 +1,2 @@
+//! Lua engine benches (filled in by the Lua engine work).
+fn main() {}

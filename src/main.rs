@@ -1,0 +1,88 @@
+//! The `howk` binary: the CLI that wires the crates together from configuration.
+//!
+//! Subcommands:
+//! - `howk topics create`: create the topics of SPEC §2 (idempotent)
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "howk", version, about = "Webhook delivery engine")]
+struct Cli {
+    /// YAML configuration file; `HOWK_*` environment variables override it (SPEC §8).
+    #[arg(long, global = true, env = "HOWK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the Kafka topics howk uses.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every topic with its partitions and cleanup policy; existing topics are kept.
+    Create,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let loaded = config::load(cli.config.as_deref())?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let config = loaded.config;
+    match cli.command {
+        Command::Topics {
+            command: TopicsCommand::Create,
+        } => {
+            let outcomes = howk_topology::topics::create_topics(&config.kafka).await?;
+            for (topic, outcome) in outcomes {
+                let policy = if topic.compacted { "compact" } else { "delete" };
+                println!(
+                    "{:<32} partitions={:<3} cleanup.policy={:<8} {:?}",
+                    topic.name, topic.partitions, policy, outcome
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

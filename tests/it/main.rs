@@ -1,0 +1,9 @@
+//! Integration tests: one binary, a module per area, against the real Kafka broker and real
+//! Redis that `./scripts/test` starts (addresses from `HOWK_TEST_KAFKA_BROKERS` and
+//! `HOWK_TEST_REDIS_URL`, loopback defaults).
+
+mod helpers;
+
+mod kafka_smoke;
+mod redis_smoke;
+mod topics;
