@@ -1,0 +1,42 @@
+//! The Lua engine: tenants' scripts run here, once per delivery attempt, in a sandbox with hard
+//! time and memory limits (SPEC §4).
+//!
+//! Flavour: **Lua 5.4** through mlua, chosen on evidence. It has native 64-bit integers, so
+//! ids beyond 2^53 survive `json.decode`/`json.encode` exactly; it runs HOWK's Lua 5.1 idioms
+//! (`unpack` is aliased, patterns and `#` behave the same); its count hook stops any Lua loop,
+//! coroutines included; and mlua's allocator enforces a byte limit on real allocations. Luau
+//! has no integers (every number is a double, so a 64-bit id would round) and built a sandboxed
+//! state 5× slower in the probe; LuaJIT cannot enforce a memory limit and its JIT-compiled loops
+//! do not run hooks, so a `while true do end` could not be stopped.
+//!
+//! Layout, in the order an execution meets it:
+//! - [`script`]: the script, its input and its output types
+//! - [`engine`]: the VM, compile cache, limits, and `execute`
+//! - `sandbox.lua`: the prelude that builds the read-only sandbox base, once per VM
+//! - [`context`]: the execution in progress, shared with the hook and the modules
+//! - [`convert`]: JSON ↔ Lua without an intermediate tree
+//! - [`template`]: `${VAR}` resolution with the variable rules
+//! - [`modules`]: the module seam and the `json`, `base64`, `log` modules
+//! - `output`: reading `request`, `headers` and `config` back
+//! - [`error`]: the SPEC error classes and what is retryable
+//! - [`config`]: the `lua` configuration section
+//!
+//! Known limit: a single call into a C library function cannot be interrupted by the hook. The
+//! memory limit bounds `string.rep` and friends, but a pathological pattern match
+//! (`string.find` with many `.-`) can run long inside one call; the caller that pools engines on
+//! threads treats an execution that overruns its deadline by far as lost (see the topology).
+
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod modules;
+mod output;
+pub mod script;
+pub mod template;
+
+pub use config::LuaConfig;
+pub use engine::{EngineSettings, LuaEngine};
+pub use error::{ScriptError, ScriptErrorKind};
+pub use script::{PreviousError, Script, ScriptInput, ScriptMetadata, TransformedRequest};
