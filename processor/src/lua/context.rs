@@ -24,6 +24,9 @@ pub struct ExecutionContext {
     webhook_id: RefCell<String>,
     config_id: RefCell<String>,
     log_lines_left: Cell<u32>,
+    /// The VM's memory ceiling for this execution, in bytes (what it held at the start plus
+    /// `lua.memory_limit_mb`). Applied while script code runs; see [`ExecutionContext::bulk`].
+    memory_ceiling: Cell<usize>,
 }
 
 impl Default for ExecutionContext {
@@ -36,13 +39,21 @@ impl Default for ExecutionContext {
             webhook_id: RefCell::new(String::new()),
             config_id: RefCell::new(String::new()),
             log_lines_left: Cell::new(MAX_LOG_LINES_PER_EXECUTION),
+            memory_ceiling: Cell::new(0),
         }
     }
 }
 
 impl ExecutionContext {
     /// Prepares for a new execution.
-    pub(crate) fn begin(&self, deadline: Instant, webhook_id: &str, config_id: &str) {
+    pub(crate) fn begin(
+        &self,
+        deadline: Instant,
+        memory_ceiling: usize,
+        webhook_id: &str,
+        config_id: &str,
+    ) {
+        self.memory_ceiling.set(memory_ceiling);
         self.deadline.set(deadline);
         self.timed_out.set(false);
         self.transient_cause.borrow_mut().take();
@@ -113,6 +124,51 @@ impl ExecutionContext {
     /// The tenant namespace: the config_id's text before its first `:` (SPEC §1).
     pub fn namespace(&self) -> Ref<'_, str> {
         Ref::map(self.config_id.borrow(), |id| crate::ids::namespace(id))
+    }
+
+    /// Whether `estimate` more bytes fit in what the execution has left, so that code which
+    /// cannot be interrupted by a refused allocation may run with the limit lifted.
+    pub fn can_lift_memory_limit(&self, lua: &mlua::Lua, estimate: usize) -> bool {
+        let ceiling = self.memory_ceiling.get();
+        ceiling == 0 || lua.used_memory().saturating_add(estimate) < ceiling
+    }
+
+    /// Bytes the execution may still allocate (`usize::MAX` outside an execution).
+    pub fn memory_left(&self, lua: &mlua::Lua) -> usize {
+        match self.memory_ceiling.get() {
+            0 => usize::MAX,
+            ceiling => ceiling.saturating_sub(lua.used_memory()),
+        }
+    }
+
+    /// Runs `build` — Rust code creating at most `estimate` bytes of Lua values — with the
+    /// memory limit lifted, then checks the ceiling.
+    ///
+    /// With a memory limit set, mlua wraps every table and string operation in a protected call
+    /// (it must catch a refused allocation), and the raw converters must never meet a refused
+    /// allocation at all. Callers check [`Self::can_lift_memory_limit`] first.
+    pub fn bulk<R>(
+        &self,
+        lua: &mlua::Lua,
+        estimate: usize,
+        build: impl FnOnce() -> mlua::Result<R>,
+    ) -> mlua::Result<R> {
+        let ceiling = self.memory_ceiling.get();
+        debug_assert!(self.can_lift_memory_limit(lua, estimate));
+        if ceiling == 0 {
+            return build();
+        }
+        let _ = lua.set_memory_limit(0);
+        let result = build();
+        let _ = lua.set_memory_limit(ceiling);
+        if lua.used_memory() > ceiling {
+            return Err(mlua::Error::MemoryError("not enough memory".into()));
+        }
+        result
+    }
+
+    pub(crate) fn memory_ceiling(&self) -> usize {
+        self.memory_ceiling.get()
     }
 
     /// Takes one log line from the execution's allowance.

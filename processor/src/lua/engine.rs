@@ -22,7 +22,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use std::ffi::{c_char, c_int};
+
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState, ffi};
 
 use super::context::ExecutionContext;
 use super::convert::{self, ArrayMarkers};
@@ -92,8 +94,12 @@ impl LuaEngine {
     pub fn validate(&mut self, code: &str) -> Result<(), ScriptError> {
         let settings = Arc::clone(&self.settings);
         let vm = self.vm()?;
-        vm.context.begin(Instant::now() + settings.timeout, "", "");
-        vm.limit_memory(settings.memory_limit_bytes);
+        let ceiling = vm
+            .lua
+            .used_memory()
+            .saturating_add(settings.memory_limit_bytes);
+        vm.context
+            .begin(Instant::now() + settings.timeout, ceiling, "", "");
         let result = vm
             .lua
             .load(code)
@@ -114,12 +120,16 @@ impl LuaEngine {
         let settings = Arc::clone(&self.settings);
         let vm = self.vm()?;
         let deadline = Instant::now() + settings.timeout;
+        let ceiling = vm
+            .lua
+            .used_memory()
+            .saturating_add(settings.memory_limit_bytes);
         vm.context.begin(
             deadline,
+            ceiling,
             input.metadata.webhook_id,
             input.metadata.config_id,
         );
-        vm.limit_memory(settings.memory_limit_bytes);
         let result = vm.run(script, input, &settings);
         self.settle(&result);
         result
@@ -255,26 +265,24 @@ impl Vm {
         })
     }
 
-    /// Allows the execution `limit` bytes beyond what the VM holds now.
-    fn limit_memory(&self, limit: usize) {
-        let used = self.lua.used_memory();
-        // Only fails when the allocator is not mlua's, which `Lua::new_with` rules out.
-        let _ = self.lua.set_memory_limit(used.saturating_add(limit));
-    }
-
     fn run(
         &mut self,
         script: &Script,
         input: &ScriptInput<'_>,
         settings: &EngineSettings,
     ) -> Result<TransformedRequest, ScriptError> {
+        // Compiling, building the environment and reading the outputs are the engine's own work,
+        // bounded by the webhook's size: they run without the memory limit, which makes mlua
+        // skip its per-operation protection. Script code runs under the limit.
         let function = self.compiled(script)?;
         let env = self
             .environment(script, input, &settings.templates)
             .map_err(|error| self.classify(&error))?;
-        function
-            .call::<()>(env.clone())
-            .map_err(|error| self.classify(&error))?;
+        // Only fails when the allocator is not mlua's, which `Lua::new_with` rules out.
+        let _ = self.lua.set_memory_limit(self.context.memory_ceiling());
+        let called = function.call::<()>(env.clone());
+        let _ = self.lua.set_memory_limit(0);
+        called.map_err(|error| self.classify(&error))?;
         output::extract(&env, input.headers).map_err(|error| match error {
             output::OutputError::Invalid(message) => {
                 ScriptError::new(ScriptErrorKind::InvalidOutput, message)
@@ -315,58 +323,31 @@ impl Vm {
     }
 
     /// A fresh environment holding the SPEC §4 input globals.
+    ///
+    /// Built with raw C API pushes in one protected call: per-field mlua calls each cost a
+    /// registry handle and were most of a header-only execution. Runs with the memory limit
+    /// lifted (see `run`), where none of these calls can raise.
     fn environment(
         &self,
         script: &Script,
         input: &ScriptInput<'_>,
         templates: &TemplateResolver,
     ) -> mlua::Result<Table> {
-        let lua = &self.lua;
-        let env = lua.create_table_with_capacity(0, 8)?;
-        env.set_metatable(Some(self.env_metatable.clone()))?;
-        env.raw_set("_G", &env)?;
-        env.raw_set("payload", lua.create_string(input.payload)?)?;
-
-        let headers = lua.create_table_with_capacity(0, input.headers.len())?;
-        for (name, value) in input.headers {
-            headers.raw_set(name.as_str(), value.as_str())?;
-        }
-        env.raw_set("headers", headers)?;
-
-        let meta = &input.metadata;
-        let metadata = lua.create_table_with_capacity(0, 5)?;
-        metadata.raw_set("webhook_id", meta.webhook_id)?;
-        metadata.raw_set("config_id", meta.config_id)?;
-        metadata.raw_set("attempt", i64::from(meta.attempt))?;
-        metadata.raw_set("max_attempts", i64::from(meta.max_attempts))?;
-        metadata.raw_set("created_at", meta.created_at)?;
-        env.raw_set("metadata", metadata)?;
-
-        if let Some(previous) = input.previous_error {
-            let table = lua.create_table_with_capacity(0, 3)?;
-            if let Some(status) = previous.status_code {
-                table.raw_set("status_code", i64::from(status))?;
-            }
-            table.raw_set("error", previous.error.as_str())?;
-            table.raw_set("attempt", i64::from(previous.attempt))?;
-            env.raw_set("previous_error", table)?;
-        }
-
         let config = match script.config.as_deref() {
             Some(value @ serde_json::Value::Object(_)) => {
                 let resolve = |text: &str| {
                     TemplateResolver::has_reference(text).then(|| templates.resolve(text))
                 };
-                convert::from_json_value(lua, &self.markers, value, &resolve)?
+                convert::from_json_value(&self.lua, &self.markers, value, &resolve)?
             }
-            _ => Value::Table(lua.create_table()?),
+            _ => Value::Nil,
         };
-        env.raw_set("config", config)?;
-
-        let request = lua.create_table_with_capacity(0, 3)?;
-        request.raw_set("headers", lua.create_table()?)?;
-        env.raw_set("request", request)?;
-        Ok(env)
+        // Stack inside: 1 = environment metatable, 2 = config table or nil.
+        unsafe {
+            self.lua.exec_raw((&self.env_metatable, config), |state| {
+                build_environment(state, input)
+            })
+        }
     }
 
     /// Turns a Lua error of this execution into its SPEC class.
@@ -423,5 +404,88 @@ fn is_memory_error(error: &mlua::Error) -> bool {
             is_memory_error(cause)
         }
         _ => false,
+    }
+}
+
+/// Pushes a new environment table built from `input` (see [`Vm::environment`]) and leaves it as
+/// the only value on the stack.
+///
+/// # Safety
+/// `state` must hold the environment metatable at 1 and the config (table or nil) at 2, with
+/// the memory limit lifted.
+unsafe fn build_environment(state: *mut ffi::lua_State, input: &ScriptInput<'_>) {
+    unsafe fn push_bytes(state: *mut ffi::lua_State, bytes: &[u8]) {
+        unsafe { ffi::lua_pushlstring(state, bytes.as_ptr().cast::<c_char>(), bytes.len()) };
+    }
+    /// `table[key] = <value on top>`, raw.
+    unsafe fn set(state: *mut ffi::lua_State, table: c_int, key: &str) {
+        unsafe {
+            push_bytes(state, key.as_bytes());
+            ffi::lua_rotate(state, -2, 1);
+            ffi::lua_rawset(state, table);
+        }
+    }
+    unsafe {
+        ffi::lua_checkstack(state, 8);
+        ffi::lua_createtable(state, 0, 8);
+        let env = ffi::lua_gettop(state);
+        ffi::lua_pushvalue(state, 1);
+        ffi::lua_setmetatable(state, env);
+        ffi::lua_pushvalue(state, env);
+        set(state, env, "_G");
+        push_bytes(state, input.payload);
+        set(state, env, "payload");
+
+        ffi::lua_createtable(state, 0, input.headers.len() as c_int);
+        for (name, value) in input.headers {
+            push_bytes(state, name.as_bytes());
+            push_bytes(state, value.as_bytes());
+            ffi::lua_rawset(state, -3);
+        }
+        set(state, env, "headers");
+
+        let meta = &input.metadata;
+        ffi::lua_createtable(state, 0, 5);
+        let metadata = ffi::lua_gettop(state);
+        push_bytes(state, meta.webhook_id.as_bytes());
+        set(state, metadata, "webhook_id");
+        push_bytes(state, meta.config_id.as_bytes());
+        set(state, metadata, "config_id");
+        ffi::lua_pushinteger(state, i64::from(meta.attempt));
+        set(state, metadata, "attempt");
+        ffi::lua_pushinteger(state, i64::from(meta.max_attempts));
+        set(state, metadata, "max_attempts");
+        push_bytes(state, meta.created_at.as_bytes());
+        set(state, metadata, "created_at");
+        set(state, env, "metadata");
+
+        if let Some(previous) = input.previous_error {
+            ffi::lua_createtable(state, 0, 3);
+            let table = ffi::lua_gettop(state);
+            if let Some(status) = previous.status_code {
+                ffi::lua_pushinteger(state, i64::from(status));
+                set(state, table, "status_code");
+            }
+            push_bytes(state, previous.error.as_bytes());
+            set(state, table, "error");
+            ffi::lua_pushinteger(state, i64::from(previous.attempt));
+            set(state, table, "attempt");
+            set(state, env, "previous_error");
+        }
+
+        if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
+            ffi::lua_pushvalue(state, 2);
+        } else {
+            ffi::lua_createtable(state, 0, 0);
+        }
+        set(state, env, "config");
+
+        ffi::lua_createtable(state, 0, 3);
+        ffi::lua_createtable(state, 0, 0);
+        set(state, ffi::lua_gettop(state) - 1, "headers");
+        set(state, env, "request");
+
+        ffi::lua_replace(state, 1);
+        ffi::lua_settop(state, 1);
     }
 }

@@ -2,10 +2,12 @@
 //! `json.null` sentinel, `json.array(t)` and `json.empty_array` (SPEC §4). The conversion itself
 //! is `lua::convert`.
 
+use std::rc::Rc;
+
 use mlua::{Lua, MultiValue, Table, Value};
 
 use super::{LuaModule, ModuleContext};
-use crate::lua::convert::{self, DecodeError};
+use crate::lua::convert::{self, LUA_BYTES_PER_JSON_BYTE};
 
 pub struct JsonModule;
 
@@ -18,6 +20,7 @@ impl LuaModule for JsonModule {
         let json = lua.create_table()?;
 
         let markers = context.markers.clone();
+        let execution = Rc::clone(&context.execution);
         json.raw_set(
             "decode",
             lua.create_function(move |lua, text: Value| {
@@ -27,21 +30,28 @@ impl LuaModule for JsonModule {
                         format!("json.decode expects a string, got {}", text.type_name()),
                     );
                 };
-                match convert::decode(lua, &markers, &text.as_bytes()) {
+                let estimate = text
+                    .as_bytes()
+                    .len()
+                    .saturating_mul(LUA_BYTES_PER_JSON_BYTE);
+                if !execution.can_lift_memory_limit(lua, estimate) {
+                    // What the text could become does not fit in what the execution has left.
+                    return Err(mlua::Error::MemoryError("not enough memory".into()));
+                }
+                match execution.bulk(lua, estimate, || convert::decode(lua, &markers, &text))? {
                     Ok(value) => Ok(MultiValue::from_iter([value])),
-                    Err(DecodeError::Json(message)) => fail(lua, message),
-                    // The memory limit (or another VM failure) is not the script's data being
-                    // wrong: let it propagate as the execution's error.
-                    Err(DecodeError::Lua(error)) => Err(error),
+                    Err(message) => fail(lua, message),
                 }
             })?,
         )?;
 
         let markers = context.markers.clone();
+        let execution = Rc::clone(&context.execution);
         json.raw_set(
             "encode",
             lua.create_function(move |lua, value: Value| {
-                match convert::encode(&markers, &value) {
+                let max_len = execution.memory_left(lua);
+                match convert::encode(lua, &markers, &value, max_len)? {
                     Ok(bytes) => Ok(MultiValue::from_iter([Value::String(
                         lua.create_string(bytes)?,
                     )])),

@@ -40,13 +40,13 @@ impl LuaModule for LogModule {
             let markers = context.markers.clone();
             module.raw_set(
                 name,
-                lua.create_function(move |_, (message, fields): (Value, Option<Value>)| {
+                lua.create_function(move |lua, (message, fields): (Value, Option<Value>)| {
                     let message = match &message {
                         Value::String(s) => s.to_string_lossy(),
                         other => format!("{other:?}"),
                     };
                     let fields = fields
-                        .map(|fields| render_fields(&markers, &fields))
+                        .map(|fields| render_fields(lua, &markers, &fields))
                         .unwrap_or_default();
                     emit(&execution, level, &message, &fields);
                     Ok(())
@@ -57,10 +57,13 @@ impl LuaModule for LogModule {
     }
 }
 
-fn render_fields(markers: &ArrayMarkers, fields: &Value) -> String {
-    match convert::encode(markers, fields) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(error) => format!("<fields not encodable: {error}>"),
+/// Log fields as JSON, at most `MAX_FIELDS_BYTES`.
+fn render_fields(lua: &Lua, markers: &ArrayMarkers, fields: &Value) -> String {
+    const MAX_FIELDS_BYTES: usize = 4096;
+    match convert::encode(lua, markers, fields, MAX_FIELDS_BYTES) {
+        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(Err(error)) => format!("<fields not encodable: {error}>"),
+        Err(error) => format!("<fields not readable: {error}>"),
     }
 }
 
