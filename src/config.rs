@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use howk_processor::lua::LuaConfig;
 use howk_topology::KafkaConfig;
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
@@ -26,6 +27,8 @@ const FOREIGN_PREFIXES: [&str; 3] = ["HOWK_TEST_", "HOWK_LUA_CRYPTO_", "HOWK_LUA
 pub struct HowkConfig {
     /// Broker connection and topic layout.
     pub kafka: KafkaConfig,
+    /// Script execution: on/off and limits.
+    pub lua: LuaConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,12 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
     }
     if config.kafka.replication_factor < 1 {
         return Err(key("kafka.replication_factor", "must be at least 1"));
+    }
+    if config.lua.timeout.is_zero() {
+        return Err(key("lua.timeout", "must be longer than zero"));
+    }
+    if config.lua.memory_limit_mb == 0 {
+        return Err(key("lua.memory_limit_mb", "must be at least 1"));
     }
     Ok(())
 }
@@ -284,6 +293,25 @@ mod tests {
         assert_eq!(kafka.partitions, 4);
         assert_eq!(kafka.request_timeout, Duration::from_millis(250));
         assert_eq!(kafka.topics.pending, "t.pending");
+    }
+
+    #[test]
+    fn lua_section_reads_durations_lists_and_booleans() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("HOWK_LUA_TIMEOUT", "200ms"),
+                ("HOWK_LUA_ENABLED", "false"),
+                ("HOWK_LUA_ENV_ALLOWLIST", "PARTNER_*, OTHER"),
+                ("HOWK_LUA_MEMORY_LIMIT_MB", "8"),
+            ]),
+        )
+        .unwrap();
+        let lua = loaded.config.lua;
+        assert_eq!(lua.timeout, Duration::from_millis(200));
+        assert!(!lua.enabled);
+        assert_eq!(lua.env_allowlist, ["PARTNER_*", "OTHER"]);
+        assert_eq!(lua.memory_limit_mb, 8);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Subcommands:
 //! - `howk topics create`: create the topics of SPEC §2 (idempotent)
+//! - `howk script test FILE`: run a script on a sample webhook with the real engine and limits
 
 mod config;
+mod script_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,8 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "howk", version, about = "Webhook delivery engine")]
 struct Cli {
-    /// YAML configuration file; `HOWK_*` environment variables override it (SPEC §8).
-    #[arg(long, global = true, env = "HOWK_CONFIG")]
+    /// YAML configuration file; `HOWK_*` environment variables override it (SPEC §8). Given
+    /// before the subcommand (`howk --config howk.yaml topics create`), since `script test` has
+    /// a `--config` of its own (the script's `script_config`).
+    #[arg(long, env = "HOWK_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -26,6 +30,11 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Work with Lua delivery scripts.
+    Script {
+        #[command(subcommand)]
+        command: script_cli::ScriptCommand,
     },
 }
 
@@ -74,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Script { command } => script_cli::run(command, &config.lua),
     }
 }
 

@@ -6,4 +6,5 @@ mod helpers;
 
 mod kafka_smoke;
 mod redis_smoke;
+mod script_cli;
 mod topics;

@@ -19,6 +19,7 @@
 //! - [`modules`]: the module seam and the `json`, `base64`, `log` modules
 //! - `output`: reading `request`, `headers` and `config` back
 //! - [`error`]: the SPEC error classes and what is retryable
+//! - [`report`]: a test run's outcome, as the API and the CLI show it
 //! - [`config`]: the `lua` configuration section
 //!
 //! Known limit: a single call into a C library function cannot be interrupted by the hook. The
@@ -33,10 +34,12 @@ pub mod engine;
 pub mod error;
 pub mod modules;
 mod output;
+pub mod report;
 pub mod script;
 pub mod template;
 
 pub use config::LuaConfig;
 pub use engine::{EngineSettings, LuaEngine};
 pub use error::{ScriptError, ScriptErrorKind};
+pub use report::TestReport;
 pub use script::{PreviousError, Script, ScriptInput, ScriptMetadata, TransformedRequest};
