@@ -4,8 +4,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::engine::EngineSettings;
+use super::modules::LuaModule;
+use super::modules::crypto::{CryptoKeys, CryptoModule};
+use super::modules::http::{HttpModule, HttpSettings};
+use super::modules::io::IoRuntime;
+use super::modules::kv::{Kv, KvModule};
 use super::template::{EnvLookup, TemplateResolver};
+use crate::net::AddressPolicy;
 
 /// `lua.*`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +30,38 @@ pub struct LuaConfig {
     /// Globs of environment variables `${VAR}` may resolve (`PARTNER_*`); empty = any variable
     /// but `HOWK_*`, which never resolve. Default empty.
     pub env_allowlist: Vec<String>,
+    /// `kv.set` expiry when the script gives no `ttl_secs`. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub kv_ttl_default: Duration,
+    /// The most one `kv` call may take (less when the execution has less left). Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub kv_timeout: Duration,
+    /// Hosts the `http` module may reach: `*`, `*.example.com` (apex included), exact names.
+    /// `HOWK_LUA_ALLOW_HOSTNAME_{NAMESPACE}` replaces it for one namespace. Default empty:
+    /// no host.
+    pub allowed_hosts: Vec<String>,
+    /// The most one `http` request may take, redirects included. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub http_timeout: Duration,
+    /// Largest response body the `http` module reads, in bytes. Default 1048576 (1 MiB).
+    pub http_max_response_bytes: usize,
+    /// Whether GETs with `opts.cache_ttl` are cached. Default false.
+    pub http_cache_enabled: bool,
+    /// The longest a cached response is kept. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub http_cache_ttl: Duration,
+    /// Address ranges the `http` module may reach although they are loopback, private or
+    /// link-local (`127.0.0.0/8` in tests). Default empty.
+    pub http_allowed_cidrs: Vec<String>,
+}
+
+/// A module that could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleSetupError {
+    #[error("lua.http_allowed_cidrs: {0}")]
+    AllowedCidrs(#[from] crate::net::AddressPolicyError),
+    #[error("cannot build the http module's client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 impl Default for LuaConfig {
@@ -31,6 +71,14 @@ impl Default for LuaConfig {
             timeout: Duration::from_millis(500),
             memory_limit_mb: 50,
             env_allowlist: Vec::new(),
+            kv_ttl_default: Duration::from_secs(24 * 3600),
+            kv_timeout: Duration::from_secs(1),
+            allowed_hosts: Vec::new(),
+            http_timeout: Duration::from_secs(5),
+            http_max_response_bytes: 1024 * 1024,
+            http_cache_enabled: false,
+            http_cache_ttl: Duration::from_secs(300),
+            http_allowed_cidrs: Vec::new(),
         }
     }
 }
@@ -47,5 +95,31 @@ impl LuaConfig {
             templates: TemplateResolver::new(env, self.env_allowlist.clone()),
             modules: Vec::new(),
         }
+    }
+
+    /// The I/O modules — `kv` over `kv`, `http`, `crypto` with `keys` — configured from this
+    /// section and the `HOWK_LUA_ALLOW_HOSTNAME_*` variables among `variables`.
+    pub fn io_modules(
+        &self,
+        kv: Arc<dyn Kv>,
+        keys: CryptoKeys,
+        io: IoRuntime,
+        variables: &[(String, String)],
+    ) -> Result<Vec<Arc<dyn LuaModule>>, ModuleSetupError> {
+        let http = HttpSettings {
+            allowed_hosts: self.allowed_hosts.clone(),
+            namespace_hosts: Default::default(),
+            timeout: self.http_timeout,
+            max_response_bytes: self.http_max_response_bytes,
+            cache_enabled: self.http_cache_enabled,
+            cache_ttl: self.http_cache_ttl,
+            addresses: AddressPolicy::with_allowed(&self.http_allowed_cidrs)?,
+        }
+        .with_namespace_lists(variables.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Ok(vec![
+            Arc::new(KvModule::new(kv, self.kv_ttl_default, self.kv_timeout)),
+            Arc::new(HttpModule::new(http, io).map_err(ModuleSetupError::HttpClient)?),
+            Arc::new(CryptoModule::new(keys)),
+        ])
     }
 }

@@ -16,7 +16,8 @@
 //! - [`context`]: the execution in progress, shared with the hook and the modules
 //! - [`convert`]: JSON ↔ Lua without an intermediate tree
 //! - [`template`]: `${VAR}` resolution with the variable rules
-//! - [`modules`]: the module seam and the `json`, `base64`, `log` modules
+//! - [`modules`]: the module seam and the modules: `json`, `base64`, `log`, `kv` (Redis),
+//!   `http` (allowlisted, SSRF-safe), `crypto` (RSA-OAEP + AES-GCM)
 //! - `output`: reading `request`, `headers` and `config` back
 //! - [`error`]: the SPEC error classes and what is retryable
 //! - [`report`]: a test run's outcome, as the API and the CLI show it
@@ -38,7 +39,7 @@ pub mod report;
 pub mod script;
 pub mod template;
 
-pub use config::LuaConfig;
+pub use config::{LuaConfig, ModuleSetupError};
 pub use engine::{EngineSettings, LuaEngine};
 pub use error::{ScriptError, ScriptErrorKind};
 pub use report::TestReport;

@@ -3,6 +3,8 @@
 
 mod helpers;
 
+mod crypto;
+
 mod isolation;
 mod json;
 mod limits;

@@ -7,7 +7,11 @@
 //! use both), behind a read-only proxy.
 
 pub mod base64;
+pub mod crypto;
+pub mod http;
+pub mod io;
 pub mod json;
+pub mod kv;
 pub mod log;
 
 use std::rc::Rc;

@@ -1,0 +1,157 @@
+//! Which network addresses howk may connect to on a tenant's behalf — the SSRF rule shared by
+//! the Lua `http` module and endpoint delivery (SPEC §4, §5).
+//!
+//! Refused unless an explicit allowed CIDR covers them: loopback, private (RFC 1918, RFC 4193),
+//! link-local (which holds cloud metadata, 169.254.169.254), carrier-grade NAT, unspecified,
+//! broadcast, multicast and documentation ranges, and IPv6 forms that embed an IPv4 address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+/// The set of addresses that may be connected to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    /// Ranges allowed even though they are otherwise refused (tests allow loopback this way).
+    allowed: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressPolicyError {
+    #[error("invalid CIDR {0:?}")]
+    InvalidCidr(String),
+}
+
+impl AddressPolicy {
+    /// A policy allowing the given CIDRs (`127.0.0.0/8`, `::1/128`) beyond the public internet.
+    pub fn with_allowed<S: AsRef<str>>(cidrs: &[S]) -> Result<Self, AddressPolicyError> {
+        let allowed = cidrs
+            .iter()
+            .map(|cidr| {
+                let cidr = cidr.as_ref().trim();
+                cidr.parse::<IpNet>()
+                    .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| AddressPolicyError::InvalidCidr(cidr.to_owned()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allowed })
+    }
+
+    /// `None` when `address` may be connected to, else the reason it may not.
+    pub fn refusal(&self, address: IpAddr) -> Option<&'static str> {
+        let reason = special_purpose(address)?;
+        if self.allowed.iter().any(|net| net.contains(&address)) {
+            return None;
+        }
+        Some(reason)
+    }
+}
+
+/// Why an address is not a public internet address, if it is not.
+fn special_purpose(address: IpAddr) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return special_v4(v4).or(Some("IPv4-mapped address"));
+            }
+            let segments = v6.segments();
+            if v6.is_loopback() {
+                Some("loopback address")
+            } else if v6.is_unspecified() {
+                Some("unspecified address")
+            } else if (segments[0] & 0xfe00) == 0xfc00 {
+                Some("private address")
+            } else if (segments[0] & 0xffc0) == 0xfe80 {
+                Some("link-local address")
+            } else if v6.is_multicast() {
+                Some("multicast address")
+            } else if segments[0] == 0x64 && segments[1] == 0xff9b {
+                Some("NAT64 address")
+            } else if segments[0] == 0x2002 {
+                Some("6to4 address")
+            } else if segments[0] == 0x2001 && segments[1] == 0 {
+                Some("Teredo address")
+            } else if segments[0] == 0x2001 && segments[1] == 0xdb8 {
+                Some("documentation address")
+            } else if v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0) {
+                Some("unspecified address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn special_v4(v4: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = v4.octets();
+    if v4.is_loopback() {
+        Some("loopback address")
+    } else if v4.is_private() {
+        Some("private address")
+    } else if v4.is_link_local() {
+        Some("link-local address (cloud metadata lives here)")
+    } else if v4.is_unspecified() || a == 0 {
+        Some("unspecified address")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("carrier-grade NAT address")
+    } else if v4.is_broadcast() || v4.is_multicast() || a >= 240 {
+        Some("broadcast, multicast or reserved address")
+    } else if v4.is_documentation() || (a == 198 && (18..20).contains(&b)) {
+        Some("documentation or benchmarking address")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(policy: &AddressPolicy, address: &str) -> bool {
+        policy.refusal(address.parse().unwrap()).is_some()
+    }
+
+    #[test]
+    fn special_addresses_are_refused_by_default() {
+        let policy = AddressPolicy::default();
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+        ] {
+            assert!(refused(&policy, address), "{address} must be refused");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        let policy = AddressPolicy::default();
+        for address in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(!refused(&policy, address), "{address} must be allowed");
+        }
+    }
+
+    #[test]
+    fn explicit_cidrs_allow_what_they_cover() {
+        let policy = AddressPolicy::with_allowed(&["127.0.0.0/8", "::1"]).unwrap();
+        assert!(!refused(&policy, "127.0.0.1"));
+        assert!(!refused(&policy, "::1"));
+        assert!(refused(&policy, "10.0.0.1"));
+        assert!(AddressPolicy::with_allowed(&["nonsense"]).is_err());
+    }
+}
