@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use howk_processor::lua::LuaConfig;
+use howk_processor::lua::modules::kv::RedisConfig;
 use howk_topology::KafkaConfig;
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
@@ -27,8 +28,10 @@ const FOREIGN_PREFIXES: [&str; 3] = ["HOWK_TEST_", "HOWK_LUA_CRYPTO_", "HOWK_LUA
 pub struct HowkConfig {
     /// Broker connection and topic layout.
     pub kafka: KafkaConfig,
-    /// Script execution: on/off and limits.
+    /// Script execution: on/off, limits, and the kv/http modules.
     pub lua: LuaConfig,
+    /// The Redis behind the Lua `kv` module.
+    pub redis: RedisConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,11 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
     }
     if config.lua.memory_limit_mb == 0 {
         return Err(key("lua.memory_limit_mb", "must be at least 1"));
+    }
+    if let Err(error) =
+        howk_processor::net::AddressPolicy::with_allowed(&config.lua.http_allowed_cidrs)
+    {
+        return Err(key("lua.http_allowed_cidrs", &error.to_string()));
     }
     Ok(())
 }
@@ -342,6 +350,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("kafka.partitions"), "{error}");
+    }
+
+    #[test]
+    fn redis_and_lua_module_keys_load_from_env() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("HOWK_REDIS_ADDR", "10.0.0.5:6380"),
+                ("HOWK_LUA_ALLOWED_HOSTS", "*.example.com,api.other.com"),
+                ("HOWK_LUA_HTTP_TIMEOUT", "2s"),
+                ("HOWK_LUA_HTTP_CACHE_ENABLED", "true"),
+                ("HOWK_LUA_KV_TTL_DEFAULT", "1h"),
+            ]),
+        )
+        .unwrap();
+        let config = loaded.config;
+        assert_eq!(config.redis.addr, "10.0.0.5:6380");
+        assert_eq!(config.lua.allowed_hosts, ["*.example.com", "api.other.com"]);
+        assert_eq!(config.lua.http_timeout, Duration::from_secs(2));
+        assert!(config.lua.http_cache_enabled);
+        assert_eq!(config.lua.kv_ttl_default, Duration::from_secs(3600));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn invalid_cidr_names_its_key() {
+        let error = load_from(
+            None,
+            &env(&[("HOWK_LUA_HTTP_ALLOWED_CIDRS", "10.0.0.0/99")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("lua.http_allowed_cidrs"), "{error}");
     }
 
     #[test]

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Script { command } => script_cli::run(command, &config.lua),
+        Command::Script { command } => script_cli::run(command, &config).await,
     }
 }
 

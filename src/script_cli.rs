@@ -4,14 +4,21 @@
 //! fails, so it can gate a deploy.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use howk_processor::lua::modules::LuaModule;
+use howk_processor::lua::modules::crypto::CryptoKeys;
+use howk_processor::lua::modules::io::IoRuntime;
+use howk_processor::lua::modules::kv::{Kv, MemoryKv, RedisKv};
 use howk_processor::lua::{
     LuaConfig, LuaEngine, PreviousError, Script, ScriptInput, ScriptMetadata, TestReport,
     template::process_env,
 };
+
+use crate::config::HowkConfig;
 
 #[derive(Debug, Subcommand)]
 pub enum ScriptCommand {
@@ -34,10 +41,40 @@ pub enum ScriptCommand {
         /// The webhook's config_id.
         #[arg(long, default_value = "cli:test")]
         config_id: String,
+        /// Where `kv` keeps its values: `memory` (this run only) or `redis` (`redis.addr`).
+        #[arg(long, default_value = "memory", value_parser = ["memory", "redis"])]
+        kv: String,
     },
 }
 
-pub fn run(command: ScriptCommand, lua: &LuaConfig) -> anyhow::Result<()> {
+/// Runs the command: modules are set up here, on the runtime; the engine runs on a blocking
+/// thread, off the reactor, as in delivery.
+pub async fn run(command: ScriptCommand, config: &HowkConfig) -> anyhow::Result<()> {
+    let ScriptCommand::Test { kv, .. } = &command;
+    let modules = modules(config, kv)?;
+    let lua = config.lua.clone();
+    tokio::task::spawn_blocking(move || test(command, &lua, modules)).await?
+}
+
+/// The I/O modules as configured, `kv` over the chosen store. Crypto keys are loaded (and
+/// validated) here: a bad `HOWK_LUA_CRYPTO_*` stops the command with a message naming the
+/// variable.
+fn modules(config: &HowkConfig, kv: &str) -> anyhow::Result<Vec<Arc<dyn LuaModule>>> {
+    let variables: Vec<(String, String)> = std::env::vars().collect();
+    let keys = CryptoKeys::from_env(variables.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let io = IoRuntime::current();
+    let store: Arc<dyn Kv> = match kv {
+        "redis" => Arc::new(RedisKv::new(&config.redis, io.clone())?),
+        _ => Arc::new(MemoryKv::default()),
+    };
+    Ok(config.lua.io_modules(store, keys, io, &variables)?)
+}
+
+fn test(
+    command: ScriptCommand,
+    lua: &LuaConfig,
+    modules: Vec<Arc<dyn LuaModule>>,
+) -> anyhow::Result<()> {
     let ScriptCommand::Test {
         file,
         payload,
@@ -45,6 +82,7 @@ pub fn run(command: ScriptCommand, lua: &LuaConfig) -> anyhow::Result<()> {
         config,
         attempt,
         config_id,
+        kv: _,
     } = command;
     let code = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read script {}", file.display()))?;
@@ -71,7 +109,9 @@ pub fn run(command: ScriptCommand, lua: &LuaConfig) -> anyhow::Result<()> {
         attempt: attempt - 1,
     });
 
-    let mut engine = LuaEngine::new(lua.engine_settings(process_env()));
+    let mut settings = lua.engine_settings(process_env());
+    settings.modules = modules;
+    let mut engine = LuaEngine::new(settings);
     let script = Script::new(code, config);
     let input = ScriptInput {
         payload: payload.as_bytes(),

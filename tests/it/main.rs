@@ -5,6 +5,9 @@
 mod helpers;
 
 mod kafka_smoke;
+mod lua_http;
+mod lua_kv;
+mod lua_oauth;
 mod redis_smoke;
 mod script_cli;
 mod topics;

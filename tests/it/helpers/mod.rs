@@ -88,3 +88,6 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+pub mod lua;
+pub mod receiver;
