@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 
 use howk_processor::lua::LuaConfig;
 use howk_processor::lua::modules::kv::RedisConfig;
+use howk_processor::policy::circuit::CircuitBreakerConfig;
+use howk_processor::policy::retry::RetryConfig;
 use howk_topology::KafkaConfig;
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
@@ -32,6 +34,10 @@ pub struct HowkConfig {
     pub lua: LuaConfig,
     /// The Redis behind the Lua `kv` module.
     pub redis: RedisConfig,
+    /// Backoff between delivery attempts.
+    pub retry: RetryConfig,
+    /// The per-endpoint circuit breaker.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +158,22 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
     }
     if config.lua.memory_limit_mb == 0 {
         return Err(key("lua.memory_limit_mb", "must be at least 1"));
+    }
+    if !(0.0..=1.0).contains(&config.retry.jitter) {
+        return Err(key("retry.jitter", "must be between 0.0 and 1.0"));
+    }
+    if !(1..=howk_processor::record::webhook::MAX_ATTEMPTS_LIMIT)
+        .contains(&config.retry.max_attempts)
+    {
+        return Err(key("retry.max_attempts", "must be 1 to 100"));
+    }
+    if config.retry.base_delay > config.retry.max_delay {
+        return Err(key("retry.base_delay", "must not exceed retry.max_delay"));
+    }
+    if config.circuit_breaker.failure_threshold == 0
+        || config.circuit_breaker.success_threshold == 0
+    {
+        return Err(key("circuit_breaker", "thresholds must be at least 1"));
     }
     if let Err(error) =
         howk_processor::net::AddressPolicy::with_allowed(&config.lua.http_allowed_cidrs)
@@ -372,6 +394,29 @@ mod tests {
         assert!(config.lua.http_cache_enabled);
         assert_eq!(config.lua.kv_ttl_default, Duration::from_secs(3600));
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn retry_and_circuit_sections_load_and_validate() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("HOWK_RETRY_BASE_DELAY", "200ms"),
+                ("HOWK_RETRY_JITTER", "0.5"),
+                ("HOWK_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "2s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.retry.base_delay, Duration::from_millis(200));
+        assert_eq!(loaded.config.retry.jitter, 0.5);
+        assert_eq!(
+            loaded.config.circuit_breaker.recovery_timeout,
+            Duration::from_secs(2)
+        );
+        let error = load_from(None, &env(&[("HOWK_RETRY_JITTER", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("retry.jitter"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,294 @@
+//! What howk writes about a webhook: one [`DeliveryResult`] per attempt and terminal event on
+//! `howk.results`, and a [`DeadLetter`] on `howk.deadletter` when it gives up (SPEC §2).
+//!
+//! A dead letter shows the webhook as accepted, minus its secrets: `signing_secret` is removed
+//! and headers that carry credentials are redacted. An invalid record is shown as its raw bytes
+//! (redacted the same way when they are a JSON object).
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::webhook::Webhook;
+use crate::lua::ScriptErrorKind;
+
+/// The `outcome` of a DeliveryResult.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The ingest stage took the webhook.
+    Accepted,
+    Delivered,
+    RetryScheduled,
+    DeadLettered,
+    /// Held back by an open circuit; no attempt spent.
+    CircuitOpen,
+    /// An idempotency repeat, dropped.
+    Duplicate,
+}
+
+/// One record of `howk.results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub webhook_id: String,
+    pub config_id: String,
+    pub endpoint: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// RFC 3339.
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_hash: Option<String>,
+}
+
+/// The `reason_type` of a dead letter (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonType {
+    Exhausted,
+    /// A status that is not retryable.
+    Unrecoverable,
+    /// 410 Gone.
+    Gone,
+    InvalidRecord,
+    ScriptDisabled,
+    ScriptNotFound,
+    ScriptSyntaxError,
+    ScriptRuntimeError,
+    ScriptTimeout,
+    ScriptMemoryLimit,
+    ScriptInvalidOutput,
+    CryptoKeyNotFound,
+}
+
+impl From<ScriptErrorKind> for ReasonType {
+    fn from(kind: ScriptErrorKind) -> Self {
+        match kind {
+            ScriptErrorKind::Disabled => Self::ScriptDisabled,
+            ScriptErrorKind::NotFound => Self::ScriptNotFound,
+            ScriptErrorKind::Syntax => Self::ScriptSyntaxError,
+            ScriptErrorKind::Runtime => Self::ScriptRuntimeError,
+            ScriptErrorKind::Timeout => Self::ScriptTimeout,
+            ScriptErrorKind::MemoryLimit => Self::ScriptMemoryLimit,
+            ScriptErrorKind::InvalidOutput => Self::ScriptInvalidOutput,
+            ScriptErrorKind::CryptoKeyNotFound => Self::CryptoKeyNotFound,
+        }
+    }
+}
+
+/// One record of `howk.deadletter`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// The webhook as accepted, redacted; for an invalid record, what could be read of it.
+    pub webhook: serde_json::Value,
+    pub reason_type: ReasonType,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// First 1 KiB of the last response body, when `dlq.include_response_body`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    pub attempts: u32,
+    /// RFC 3339.
+    pub time: String,
+}
+
+const REDACTED: &str = "[REDACTED]";
+
+/// Whether a header's value is a credential that must not be copied into a dead letter.
+pub fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "cookie" | "set-cookie" | "proxy-authorization"
+    ) || [
+        "auth",
+        "token",
+        "secret",
+        "password",
+        "api-key",
+        "apikey",
+        "signature",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// The webhook as a dead letter shows it: SPEC field names, payload as raw JSON (or
+/// `payload_base64`), `signing_secret` removed, credential headers redacted.
+pub fn redacted_webhook(webhook: &Webhook) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    object.insert("id".into(), webhook.id.as_str().into());
+    object.insert("config_id".into(), webhook.config_id.as_str().into());
+    object.insert("endpoint".into(), webhook.endpoint.clone().into());
+    let raw_payload = (!webhook.payload_is_binary)
+        .then(|| std::str::from_utf8(&webhook.payload).ok())
+        .flatten()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+    match raw_payload {
+        Some(payload) => object.insert("payload".into(), payload),
+        None => object.insert(
+            "payload_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&webhook.payload)
+                .into(),
+        ),
+    };
+    let headers: serde_json::Map<_, _> = webhook
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if is_secret_header(name) {
+                REDACTED
+            } else {
+                value.as_str()
+            };
+            (name.clone(), serde_json::Value::from(value))
+        })
+        .collect();
+    object.insert("headers".into(), headers.into());
+    if let Some(key) = &webhook.idempotency_key {
+        object.insert("idempotency_key".into(), key.clone().into());
+    }
+    object.insert("max_attempts".into(), webhook.max_attempts.into());
+    object.insert("attempt".into(), webhook.attempt.into());
+    object.insert("created_at".into(), webhook.created_at_rfc3339().into());
+    if let Some(hash) = &webhook.script_hash {
+        object.insert("script_hash".into(), hash.clone().into());
+    }
+    if !webhook.retry_on_status.is_empty() {
+        object.insert(
+            "retry_on_status".into(),
+            webhook.retry_on_status.clone().into(),
+        );
+    }
+    // `_delivery_*` hold unresolved templates, never resolved values: safe to show.
+    for (field, pairs) in [
+        ("_delivery_query_params", &webhook.delivery_query_params),
+        ("_delivery_headers", &webhook.delivery_headers),
+    ] {
+        if !pairs.is_empty() {
+            let map: serde_json::Map<_, _> = pairs
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect();
+            object.insert(field.into(), map.into());
+        }
+    }
+    serde_json::Value::Object(object)
+}
+
+/// What a dead letter shows of a record that is not a valid webhook: the JSON object with
+/// `signing_secret` removed and credential headers redacted, or else the raw bytes (as text when
+/// they are UTF-8, else base64).
+pub fn redacted_raw_record(raw: &[u8]) -> serde_json::Value {
+    if let Ok(serde_json::Value::Object(mut object)) =
+        serde_json::from_slice::<serde_json::Value>(raw)
+    {
+        object.remove("signing_secret");
+        if let Some(serde_json::Value::Object(headers)) = object.get_mut("headers") {
+            for (name, value) in headers.iter_mut() {
+                if is_secret_header(name) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+        return serde_json::json!({ "raw_json": object });
+    }
+    match std::str::from_utf8(raw) {
+        Ok(text) => serde_json::json!({ "raw": text }),
+        Err(_) => serde_json::json!({
+            "raw_base64": base64::engine::general_purpose::STANDARD.encode(raw)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::ids::{ConfigId, WebhookId};
+    use crate::record::webhook::Secret;
+
+    fn webhook() -> Webhook {
+        Webhook {
+            id: WebhookId::parse("wh_1").unwrap(),
+            config_id: ConfigId::new("music:1"),
+            endpoint: "https://e.com/h".into(),
+            payload: Bytes::from_static(br#"{"a":1}"#),
+            payload_is_binary: false,
+            headers: vec![
+                ("Authorization".into(), "Bearer secret".into()),
+                ("X-Api-Key".into(), "k".into()),
+                ("X-Trace".into(), "t".into()),
+            ],
+            idempotency_key: None,
+            signing_secret: Some(Secret::new("whsec_x")),
+            max_attempts: 20,
+            attempt: 3,
+            created_at_ms: 0,
+            script_hash: None,
+            retry_on_status: vec![],
+            delivery_query_params: vec![],
+            delivery_headers: vec![("Authorization".into(), "Bearer ${TOKEN}".into())],
+        }
+    }
+
+    #[test]
+    fn dead_letter_webhook_has_no_secrets() {
+        let shown = redacted_webhook(&webhook());
+        let text = shown.to_string();
+        assert!(!text.contains("whsec_x"), "{text}");
+        assert!(!text.contains("Bearer secret"), "{text}");
+        assert_eq!(shown["headers"]["Authorization"], REDACTED);
+        assert_eq!(shown["headers"]["X-Api-Key"], REDACTED);
+        assert_eq!(shown["headers"]["X-Trace"], "t");
+        assert_eq!(shown["payload"]["a"], 1);
+        assert_eq!(
+            shown["_delivery_headers"]["Authorization"],
+            "Bearer ${TOKEN}"
+        );
+        assert!(shown.get("signing_secret").is_none());
+    }
+
+    #[test]
+    fn raw_records_are_redacted_or_kept_as_bytes() {
+        let shown =
+            redacted_raw_record(br#"{"signing_secret":"s","headers":{"Cookie":"c"},"payload":1}"#);
+        assert!(shown["raw_json"].get("signing_secret").is_none());
+        assert_eq!(shown["raw_json"]["headers"]["Cookie"], REDACTED);
+        assert_eq!(redacted_raw_record(b"not json")["raw"], "not json");
+        assert_eq!(redacted_raw_record(&[0xff, 0x00])["raw_base64"], "/wA=");
+    }
+
+    #[test]
+    fn outcome_and_reason_names_match_the_spec() {
+        assert_eq!(
+            serde_json::to_value(Outcome::RetryScheduled).unwrap(),
+            "retry_scheduled"
+        );
+        assert_eq!(
+            serde_json::to_value(ReasonType::CryptoKeyNotFound).unwrap(),
+            "crypto_key_not_found"
+        );
+        for kind in [
+            ScriptErrorKind::Timeout,
+            ScriptErrorKind::InvalidOutput,
+            ScriptErrorKind::Disabled,
+        ] {
+            assert_eq!(
+                serde_json::to_value(ReasonType::from(kind)).unwrap(),
+                kind.reason_type()
+            );
+        }
+    }
+}
