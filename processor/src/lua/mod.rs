@@ -21,12 +21,13 @@
 //! - `output`: reading `request`, `headers` and `config` back
 //! - [`error`]: the SPEC error classes and what is retryable
 //! - [`report`]: a test run's outcome, as the API and the CLI show it
+//! - [`pool`]: engine threads for async callers, with the watchdog for stuck library calls
 //! - [`config`]: the `lua` configuration section
 //!
 //! Known limit: a single call into a C library function cannot be interrupted by the hook. The
 //! memory limit bounds `string.rep` and friends, but a pathological pattern match
-//! (`string.find` with many `.-`) can run long inside one call; the caller that pools engines on
-//! threads treats an execution that overruns its deadline by far as lost (see the topology).
+//! (`string.find` with many `.-`) can run for seconds inside one call; [`pool`] abandons such an
+//! execution after its deadline plus a grace period and replaces its thread.
 
 pub mod config;
 pub mod context;
@@ -35,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod modules;
 mod output;
+pub mod pool;
 pub mod report;
 pub mod script;
 pub mod template;

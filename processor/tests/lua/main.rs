@@ -8,6 +8,7 @@ mod crypto;
 mod isolation;
 mod json;
 mod limits;
+mod pool;
 mod sandbox;
 mod seed_examples;
 mod semantics;
