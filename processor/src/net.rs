@@ -4,10 +4,14 @@
 //! Refused unless an explicit allowed CIDR covers them: loopback, private (RFC 1918, RFC 4193),
 //! link-local (which holds cloud metadata, 169.254.169.254), carrier-grade NAT, unspecified,
 //! broadcast, multicast and documentation ranges, and IPv6 forms that embed an IPv4 address.
+//!
+//! [`CheckedResolver`] applies the rule inside an HTTP client's DNS resolution, so the client
+//! can only connect to an address that was checked — no window for DNS rebinding.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// The set of addresses that may be connected to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +105,50 @@ fn special_v4(v4: Ipv4Addr) -> Option<&'static str> {
         Some("documentation or benchmarking address")
     } else {
         None
+    }
+}
+
+/// Resolves names and keeps only addresses the policy allows, so the connection can only go to
+/// a checked address.
+pub struct CheckedResolver {
+    policy: AddressPolicy,
+}
+
+impl CheckedResolver {
+    pub fn new(policy: AddressPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
+                .into_iter()
+                .partition(|addr| policy.refusal(addr.ip()).is_none());
+            if allowed.is_empty() {
+                let reasons: Vec<String> = refused
+                    .iter()
+                    .map(|addr| {
+                        format!(
+                            "{} ({})",
+                            addr.ip(),
+                            policy.refusal(addr.ip()).unwrap_or("refused")
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "{host} resolves only to refused addresses: {}",
+                    reasons.join(", ")
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
     }
 }
 

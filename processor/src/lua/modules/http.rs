@@ -22,19 +22,18 @@
 //! answers are **transient module failures**: a later script error is retryable.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, MultiValue, Table, Value};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Method, Url};
 
 use super::io::IoRuntime;
 use super::{LuaModule, ModuleContext};
 use crate::lua::template::glob_match;
-use crate::net::AddressPolicy;
+use crate::net::{AddressPolicy, CheckedResolver};
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -152,9 +151,7 @@ impl HttpModule {
     pub fn new(settings: HttpSettings, io: IoRuntime) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(CheckedResolver {
-                policy: settings.addresses.clone(),
-            })
+            .dns_resolver(CheckedResolver::new(settings.addresses.clone()))
             .no_proxy()
             .user_agent(concat!("howk/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.timeout)
@@ -167,44 +164,6 @@ impl HttpModule {
                 inflight: Mutex::new(HashMap::new()),
                 cache: Mutex::new(HashMap::new()),
             }),
-        })
-    }
-}
-
-/// Resolves names and keeps only addresses the policy allows, so the connection can only go to
-/// a checked address.
-struct CheckedResolver {
-    policy: AddressPolicy,
-}
-
-impl Resolve for CheckedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = resolved
-                .into_iter()
-                .partition(|addr| policy.refusal(addr.ip()).is_none());
-            if allowed.is_empty() {
-                let reasons: Vec<String> = refused
-                    .iter()
-                    .map(|addr| {
-                        format!(
-                            "{} ({})",
-                            addr.ip(),
-                            policy.refusal(addr.ip()).unwrap_or("refused")
-                        )
-                    })
-                    .collect();
-                return Err(format!(
-                    "{host} resolves only to refused addresses: {}",
-                    reasons.join(", ")
-                )
-                .into());
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
 }
