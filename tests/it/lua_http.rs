@@ -213,22 +213,9 @@ async fn concurrent_identical_gets_share_one_upstream_request() {
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut engine = LuaEngine::new(settings);
             let script = Script::new(format!("request.body = http.get('{url}').body"), None);
-            let webhook = Webhook::for_config("web");
-            let headers = Vec::new();
-            let input = howk_processor::lua::ScriptInput {
-                payload: &webhook.payload,
-                headers: &headers,
-                metadata: howk_processor::lua::ScriptMetadata {
-                    webhook_id: "wh_x",
-                    config_id: "web",
-                    attempt: 0,
-                    max_attempts: 1,
-                    created_at: "2026-11-26T09:30:00Z",
-                },
-                previous_error: None,
-            };
+            let input = Webhook::for_config("web").owned_input();
             barrier.wait();
-            engine.execute(&script, &input)
+            engine.execute(&script, &input.as_input())
         }));
     }
     for task in tasks {

@@ -41,7 +41,8 @@ pub struct OwnedInput {
 }
 
 impl OwnedInput {
-    fn as_input(&self) -> ScriptInput<'_> {
+    /// The borrowed view an engine executes.
+    pub fn as_input(&self) -> ScriptInput<'_> {
         ScriptInput {
             payload: &self.payload,
             headers: &self.headers,

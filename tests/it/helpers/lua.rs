@@ -6,9 +6,9 @@ use std::sync::Arc;
 use howk_processor::lua::modules::crypto::CryptoKeys;
 use howk_processor::lua::modules::io::IoRuntime;
 use howk_processor::lua::modules::kv::{Kv, RedisConfig, RedisKv};
+use howk_processor::lua::pool::OwnedInput;
 use howk_processor::lua::{
-    EngineSettings, LuaConfig, LuaEngine, PreviousError, Script, ScriptError, ScriptInput,
-    ScriptMetadata, TransformedRequest,
+    EngineSettings, LuaConfig, LuaEngine, PreviousError, Script, ScriptError, TransformedRequest,
 };
 
 /// Lua settings for tests: loopback reachable (explicit CIDR), 127.0.0.1 allowlisted.
@@ -59,28 +59,35 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// The owned input the engine pool carries.
+    pub fn owned_input(&self) -> OwnedInput {
+        OwnedInput {
+            payload: self.payload.clone().into(),
+            headers: Vec::new(),
+            webhook_id: "wh_01JTESTWEBHOOK0000000000000".into(),
+            config_id: self.config_id.clone(),
+            attempt: self.attempt,
+            max_attempts: 20,
+            created_at: "2026-11-26T09:30:00Z".into(),
+            previous_error: self.previous_error.clone(),
+        }
+    }
+}
+
 /// Runs `code` on `webhook` with a fresh engine on a blocking thread.
 pub async fn run(
     settings: &EngineSettings,
     code: &str,
     webhook: &Webhook,
 ) -> Result<TransformedRequest, ScriptError> {
-    let (settings, script, webhook) = (settings.clone(), Script::new(code, None), webhook.clone());
+    let (settings, script, input) = (
+        settings.clone(),
+        Script::new(code, None),
+        webhook.owned_input(),
+    );
     tokio::task::spawn_blocking(move || {
-        let headers = Vec::new();
-        let input = ScriptInput {
-            payload: &webhook.payload,
-            headers: &headers,
-            metadata: ScriptMetadata {
-                webhook_id: "wh_01JTESTWEBHOOK0000000000000",
-                config_id: &webhook.config_id,
-                attempt: webhook.attempt,
-                max_attempts: 20,
-                created_at: "2026-11-26T09:30:00Z",
-            },
-            previous_error: webhook.previous_error.as_ref(),
-        };
-        LuaEngine::new(settings).execute(&script, &input)
+        LuaEngine::new(settings).execute(&script, &input.as_input())
     })
     .await
     .expect("engine thread")
