@@ -24,6 +24,8 @@ pub enum StoreError {
     },
     #[error("store I/O failed")]
     Io(#[from] rocksdb::Error),
+    #[error("key of {len} bytes is longer than the store allows ({max})")]
+    KeyTooLong { len: usize, max: usize },
     #[error("checkpoint file {path} is unreadable: {reason}")]
     Checkpoint { path: String, reason: String },
 }

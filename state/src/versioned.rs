@@ -26,12 +26,15 @@ pub(crate) fn time_from_bytes(bytes: &[u8]) -> i64 {
     (u64::from_be_bytes(array) ^ (1 << 63)) as i64
 }
 
-fn prefix(key: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(key.len()).expect("versioned keys are at most 65535 bytes");
+fn prefix(key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let len = u16::try_from(key.len()).map_err(|_| StoreError::KeyTooLong {
+        len: key.len(),
+        max: u16::MAX as usize,
+    })?;
     let mut prefix = Vec::with_capacity(2 + key.len() + 8);
     prefix.extend_from_slice(&len.to_be_bytes());
     prefix.extend_from_slice(key);
-    prefix
+    Ok(prefix)
 }
 
 fn decode_value(value: &[u8]) -> Option<Vec<u8>> {
@@ -51,19 +54,25 @@ impl<S: Store> VersionedStore<S> {
     }
 
     /// Records that `key` has `value` (`None`: deleted) from `valid_from_ms` on.
-    pub fn put(&mut self, key: &[u8], valid_from_ms: i64, value: Option<&[u8]>) {
-        let mut full = prefix(key);
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        valid_from_ms: i64,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut full = prefix(key)?;
         full.extend_from_slice(&time_bytes(valid_from_ms));
         let encoded = match value {
             Some(value) => [&[1u8][..], value].concat(),
             None => vec![0],
         };
         self.store.put(&full, &encoded);
+        Ok(())
     }
 
     /// Every version of `key`, oldest first.
     pub fn versions(&self, key: &[u8]) -> Result<Vec<Version>, StoreError> {
-        let from = prefix(key);
+        let from = prefix(key)?;
         let mut to = from.clone();
         to.extend_from_slice(&[0xff; 9]);
         Ok(self
@@ -111,10 +120,10 @@ mod tests {
     #[test]
     fn latest_and_as_of_follow_versions_and_tombstones() {
         let mut table = VersionedStore::new(MemoryStore::default());
-        table.put(b"music", 100, Some(b"v1"));
-        table.put(b"music", 200, Some(b"v2"));
-        table.put(b"music", 300, None);
-        table.put(b"music:1", 150, Some(b"other"));
+        table.put(b"music", 100, Some(b"v1")).unwrap();
+        table.put(b"music", 200, Some(b"v2")).unwrap();
+        table.put(b"music", 300, None).unwrap();
+        table.put(b"music:1", 150, Some(b"other")).unwrap();
         table.commit().unwrap();
 
         assert_eq!(table.latest(b"music").unwrap(), None, "deleted last");
@@ -137,6 +146,17 @@ mod tests {
             3,
             "keys do not bleed into each other"
         );
+    }
+
+    #[test]
+    fn an_oversized_key_is_an_error_not_a_panic() {
+        let mut table = VersionedStore::new(MemoryStore::default());
+        let key = vec![b'k'; 70_000];
+        assert!(matches!(
+            table.put(&key, 1, Some(b"v")),
+            Err(StoreError::KeyTooLong { len: 70_000, .. })
+        ));
+        assert!(table.latest(&key).is_err());
     }
 
     #[test]
