@@ -84,19 +84,29 @@ impl HttpSettings {
         self
     }
 
+    /// Lower-cases every pattern once, so matching a request allocates only the host.
+    fn normalized(mut self) -> Self {
+        for pattern in &mut self.allowed_hosts {
+            *pattern = pattern.trim().to_ascii_lowercase();
+        }
+        self
+    }
+
     fn host_allowed(&self, namespace: &str, host: &str) -> bool {
         let patterns = self
             .namespace_hosts
             .get(&namespace.to_ascii_lowercase())
             .unwrap_or(&self.allowed_hosts);
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        patterns.iter().any(|pattern| {
-            let pattern = pattern.to_ascii_lowercase();
-            match pattern.strip_prefix("*.") {
-                Some(apex) => host == apex || host.ends_with(&format!(".{apex}")),
-                None => glob_match(&pattern, &host),
-            }
-        })
+        patterns
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                // `*.example.com` matches `example.com` and any name ending in `.example.com`.
+                Some(apex) => host
+                    .strip_suffix(apex)
+                    .is_some_and(|rest| rest.is_empty() || rest.ends_with('.')),
+                None => glob_match(pattern, &host),
+            })
     }
 }
 
@@ -149,6 +159,7 @@ struct Shared {
 
 impl HttpModule {
     pub fn new(settings: HttpSettings, io: IoRuntime) -> Result<Self, reqwest::Error> {
+        let settings = settings.normalized();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(CheckedResolver::new(settings.addresses.clone()))
@@ -569,7 +580,7 @@ mod tests {
     use super::*;
 
     fn settings(global: &[&str]) -> HttpSettings {
-        HttpSettings {
+        let settings = HttpSettings {
             allowed_hosts: global.iter().map(|s| s.to_string()).collect(),
             namespace_hosts: HashMap::new(),
             timeout: Duration::from_secs(1),
@@ -577,7 +588,8 @@ mod tests {
             cache_enabled: false,
             cache_ttl: Duration::from_secs(60),
             addresses: AddressPolicy::default(),
-        }
+        };
+        settings.normalized()
     }
 
     #[test]
@@ -588,6 +600,8 @@ mod tests {
         assert!(s.host_allowed("music", "API.Other.com"));
         assert!(!s.host_allowed("music", "evil-example.com"));
         assert!(!s.host_allowed("music", "other.com"));
+        assert!(!s.host_allowed("music", "xexample.com"));
+        assert!(settings(&["*.Example.COM"]).host_allowed("m", "a.example.com"));
         assert!(settings(&["*"]).host_allowed("x", "anything.test"));
         assert!(!settings(&[]).host_allowed("x", "anything.test"));
     }
