@@ -13,11 +13,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use howk_processor::delivery::client::DeliveryConfig;
 use howk_processor::lua::LuaConfig;
 use howk_processor::lua::modules::kv::RedisConfig;
 use howk_processor::policy::circuit::CircuitBreakerConfig;
 use howk_processor::policy::retry::RetryConfig;
-use howk_topology::KafkaConfig;
+use howk_topology::{DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig};
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
 /// harness (`HOWK_TEST_*`) and the Lua module settings keyed by a name chosen by the operator
@@ -38,6 +39,16 @@ pub struct HowkConfig {
     pub retry: RetryConfig,
     /// The per-endpoint circuit breaker.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// The HTTP side of delivery: timeout, allowed private ranges, in-flight limit.
+    pub delivery: DeliveryConfig,
+    /// The stream thread: group, instance id, data dir, commit interval.
+    pub processing: ProcessingConfig,
+    /// The scripts table.
+    pub scripts: ScriptsConfig,
+    /// Idempotency-key suppression.
+    pub idempotency: IdempotencyConfig,
+    /// Dead-letter contents.
+    pub dlq: DlqConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +185,26 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
         || config.circuit_breaker.success_threshold == 0
     {
         return Err(key("circuit_breaker", "thresholds must be at least 1"));
+    }
+    if config.processing.commit_interval.is_zero() {
+        return Err(key(
+            "processing.commit_interval",
+            "must be longer than zero",
+        ));
+    }
+    if config.processing.max_record_bytes == 0 {
+        return Err(key("processing.max_record_bytes", "must be at least 1"));
+    }
+    if config.delivery.max_in_flight == 0 {
+        return Err(key("delivery.max_in_flight", "must be at least 1"));
+    }
+    if config.delivery.timeout.is_zero() {
+        return Err(key("delivery.timeout", "must be longer than zero"));
+    }
+    if let Err(error) =
+        howk_processor::net::AddressPolicy::with_allowed(&config.delivery.allowed_cidrs)
+    {
+        return Err(key("delivery.allowed_cidrs", &error.to_string()));
     }
     if let Err(error) =
         howk_processor::net::AddressPolicy::with_allowed(&config.lua.http_allowed_cidrs)

@@ -3,8 +3,11 @@
 //! Subcommands:
 //! - `howk topics create`: create the topics of SPEC §2 (idempotent)
 //! - `howk script test FILE`: run a script on a sample webhook with the real engine and limits
+//! - `howk run`: every stage on Kafka (`kv` on Redis) until SIGINT/SIGTERM
+//! - `howk dev [--dry]`: the same topology on the embedded log, in one process
 
 mod config;
+mod run;
 mod script_cli;
 
 use std::path::PathBuf;
@@ -35,6 +38,15 @@ enum Command {
     Script {
         #[command(subcommand)]
         command: script_cli::ScriptCommand,
+    },
+    /// Run every stage against Kafka (scripts table, ingest, deliver, retry, status).
+    Run,
+    /// Run every stage in one process on the embedded log under `processing.data_dir`, with an
+    /// in-process `kv`; loopback endpoints are allowed.
+    Dev {
+        /// Log each request instead of sending it.
+        #[arg(long)]
+        dry: bool,
     },
 }
 
@@ -84,6 +96,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Script { command } => script_cli::run(command, &config).await,
+        Command::Run => run::run(config, run::Mode::Kafka).await,
+        Command::Dev { dry } => run::run(config, run::Mode::Dev { dry }).await,
     }
 }
 

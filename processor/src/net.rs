@@ -108,6 +108,26 @@ fn special_v4(v4: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// A name resolved only to addresses the policy refuses; found in a request error's source chain
+/// by [`refused_address`], so delivery can tell a refusal (unrecoverable) from a transport error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RefusedAddress(pub String);
+
+/// The refusal behind `error`, if an address check caused it.
+pub fn refused_address<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a RefusedAddress> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(refused) = error.downcast_ref::<RefusedAddress>() {
+            return Some(refused);
+        }
+        current = error.source();
+    }
+    None
+}
+
 /// Resolves names and keeps only addresses the policy allows, so the connection can only go to
 /// a checked address.
 pub struct CheckedResolver {
@@ -141,11 +161,11 @@ impl Resolve for CheckedResolver {
                         )
                     })
                     .collect();
-                return Err(format!(
+                return Err(Box::new(RefusedAddress(format!(
                     "{host} resolves only to refused addresses: {}",
                     reasons.join(", ")
-                )
-                .into());
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

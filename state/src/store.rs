@@ -52,6 +52,28 @@ pub trait Store {
     fn restore(&mut self, record: &ChangelogRecord) -> Result<(), StoreError>;
 }
 
+/// A boxed store is a store, so owners can choose the implementation at run time.
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(key)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        (**self).put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        (**self).delete(key)
+    }
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        (**self).range(from, to, limit)
+    }
+    fn commit(&mut self) -> Result<Vec<ChangelogRecord>, StoreError> {
+        (**self).commit()
+    }
+    fn restore(&mut self, record: &ChangelogRecord) -> Result<(), StoreError> {
+        (**self).restore(record)
+    }
+}
+
 /// Merges committed entries (`base`, in key order) with buffered writes in `[from, to)`.
 pub(crate) fn merge_range(
     base: Vec<Entry>,

@@ -103,6 +103,22 @@ impl<S: Store> VersionedStore<S> {
             .and_then(|(_, value)| value))
     }
 
+    /// Every key with at least one version, in key order. Scans the whole store: meant for
+    /// loading a small table (the scripts) at start.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        // Above every possible full key: a 2-byte length, up to 65,535 key bytes and 8 time bytes.
+        let end = vec![0xff; 2 + usize::from(u16::MAX) + 9];
+        for (full, _) in self.store.range(&[], &end, usize::MAX)? {
+            let len = usize::from(u16::from_be_bytes([full[0], full[1]]));
+            let key = &full[2..2 + len];
+            if keys.last().map(Vec::as_slice) != Some(key) {
+                keys.push(key.to_vec());
+            }
+        }
+        Ok(keys)
+    }
+
     pub fn commit(&mut self) -> Result<Vec<ChangelogRecord>, StoreError> {
         self.store.commit()
     }
@@ -146,6 +162,16 @@ mod tests {
             3,
             "keys do not bleed into each other"
         );
+    }
+
+    #[test]
+    fn keys_lists_each_versioned_key_once() {
+        let mut store = VersionedStore::new(MemoryStore::default());
+        store.put(b"b", 1, Some(b"x")).unwrap();
+        store.put(b"a", 1, Some(b"x")).unwrap();
+        store.put(b"a", 2, None).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.keys().unwrap(), [b"a".to_vec(), b"b".to_vec()]);
     }
 
     #[test]

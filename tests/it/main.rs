@@ -4,10 +4,14 @@
 
 mod helpers;
 
+mod crash;
+mod delivery;
 mod kafka_smoke;
 mod lua_http;
 mod lua_kv;
 mod lua_oauth;
+mod poison;
 mod redis_smoke;
 mod script_cli;
+mod scripts_table;
 mod topics;

@@ -79,3 +79,108 @@ impl TopicNames {
         format!("{}{store}-changelog", self.changelog_prefix)
     }
 }
+
+/// `processing.*`: how the stream thread runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// Consumer group of the stages; instances with the same group share the partitions.
+    /// Default `howk`.
+    pub group: String,
+    /// This instance's stable id (static group membership and transactional id): a restarted
+    /// instance with the same id takes its partitions back at once. Default: the host name.
+    pub instance_id: String,
+    /// Where task stores and the scripts table live. Default `.data/howk`.
+    pub data_dir: std::path::PathBuf,
+    /// How often outputs, changelogs and offsets commit in one transaction. Default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// On shutdown, how long in-flight deliveries may finish. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest `howk.pending` value taken; bigger ones are dead-lettered `invalid_record`.
+    /// Default 1048576 (1 MiB).
+    pub max_record_bytes: usize,
+    /// Threads running Lua scripts. Default: the number of CPUs.
+    pub script_threads: usize,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            group: "howk".to_owned(),
+            instance_id: String::new(),
+            data_dir: ".data/howk".into(),
+            commit_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(10),
+            max_record_bytes: 1024 * 1024,
+            script_threads: 0,
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// `instance_id`, or the host name when unset.
+    pub fn instance_id(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "howk-0".to_owned())
+    }
+
+    /// `script_threads`, or the number of CPUs when unset.
+    pub fn script_threads(&self) -> usize {
+        if self.script_threads > 0 {
+            return self.script_threads;
+        }
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// `scripts.*`: the scripts table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    /// How long a webhook whose `script_hash` names a version the table has not seen waits for
+    /// it before it is dead-lettered `script_not_found`. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub fence_timeout: Duration,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        Self {
+            fence_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `idempotency.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long an `idempotency_key` suppresses repeats. Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `dlq.*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Copy the first 1 KiB of the last response body into dead letters. Off by default: a
+    /// receiver's error page may echo what it was sent. Default false.
+    pub include_response_body: bool,
+}

@@ -3,12 +3,27 @@
 //! Layout, in flow order:
 //! - [`config`]: the `kafka` section of the configuration (brokers, topic names, partitions)
 //! - [`topics`]: the catalogue of SPEC §2 topics and `howk topics create`
-//! - [`log`]: the `Log` seam — Kafka through rdkafka (and, with the topology work, an embedded log)
+//! - [`log`]: the `Log` seam — Kafka through rdkafka, and the embedded log
+//! - [`scripts_table`]: `howk.scripts` materialized on every instance, versioned, with a ready
+//!   signal and the `script_hash` fence
+//! - [`processor`]: the `Processor` seam (process, complete, punctuate, close) and its context
+//! - [`restore`]: opening a task's store — kept after a clean close, else rebuilt from its changelog
+//! - [`stage`]: ingest → deliver → retry, and status
+//! - [`stream_thread`]: polls, dispatches to tasks, commits transactions, handles rebalances
+//! - [`builder`]: which stage reads which topic; the restart loop
 //!
 //! Dependencies point one way: `api → topology → {processor, state}`.
 
+pub mod builder;
 pub mod config;
 pub mod log;
+pub mod processor;
+pub mod restore;
+pub mod scripts_table;
+pub mod stage;
+pub mod stream_thread;
 pub mod topics;
 
-pub use config::{KafkaConfig, TopicNames};
+pub use config::{
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, TopicNames,
+};

@@ -18,6 +18,9 @@ use crate::log::kafka::{KafkaClientError, check_reachable, client_config};
 /// State stores that keep a changelog topic (the status store's changelog is `howk.results`).
 pub const CHANGELOG_STORES: [&str; 3] = ["idempotency", "circuit", "timers"];
 
+/// `max.message.bytes` of the pending topic (8 MiB), above `processing.max_record_bytes`.
+pub const PENDING_MAX_MESSAGE_BYTES: &str = "8388608";
+
 /// One topic howk needs: its name, layout and whether it is compacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -109,6 +112,10 @@ pub async fn create_topics(
             );
             if spec.compacted {
                 topic.set("cleanup.policy", "compact")
+            } else if spec.name == config.topics.pending {
+                // Oversize webhooks must reach the ingest stage, which dead-letters them with a
+                // reason, instead of failing at the producer with a bare size error.
+                topic.set("max.message.bytes", PENDING_MAX_MESSAGE_BYTES)
             } else {
                 topic
             }

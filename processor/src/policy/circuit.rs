@@ -127,6 +127,17 @@ impl CircuitState {
         }
     }
 
+    /// Ends a probe that never reached the endpoint (its script failed first): the next request
+    /// may probe instead.
+    pub fn release_probe(&mut self) {
+        if let Self::HalfOpen {
+            probe_in_flight, ..
+        } = self
+        {
+            *probe_in_flight = false;
+        }
+    }
+
     /// A retryable failure (non-retryable ones do not count).
     pub fn record_failure(&mut self, now_ms: i64, config: &CircuitBreakerConfig) {
         match self {

@@ -103,6 +103,10 @@ pub struct DeadLetter {
 
 const REDACTED: &str = "[REDACTED]";
 
+/// How much of an invalid record a dead letter copies: all of it up to 64 KiB, else its size and
+/// this many first bytes.
+pub const RAW_KEEP_BYTES: usize = 64 * 1024;
+
 /// Whether a header's value is a credential that must not be copied into a dead letter.
 pub fn is_secret_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -189,7 +193,16 @@ pub fn redacted_webhook(webhook: &Webhook) -> serde_json::Value {
 /// What a dead letter shows of a record that is not a valid webhook: the JSON object with
 /// `signing_secret` removed and credential headers redacted, or else the raw bytes (as text when
 /// they are UTF-8, else base64).
+///
+/// A record over [`RAW_KEEP_BYTES`] (an oversize webhook) is shown by its size and first bytes:
+/// the dead letter must fit the dead-letter topic's record limit.
 pub fn redacted_raw_record(raw: &[u8]) -> serde_json::Value {
+    if raw.len() > RAW_KEEP_BYTES {
+        return serde_json::json!({
+            "raw_bytes": raw.len(),
+            "raw_prefix_base64": base64::engine::general_purpose::STANDARD.encode(&raw[..RAW_KEEP_BYTES]),
+        });
+    }
     if let Ok(serde_json::Value::Object(mut object)) =
         serde_json::from_slice::<serde_json::Value>(raw)
     {
@@ -268,6 +281,8 @@ mod tests {
         assert_eq!(shown["raw_json"]["headers"]["Cookie"], REDACTED);
         assert_eq!(redacted_raw_record(b"not json")["raw"], "not json");
         assert_eq!(redacted_raw_record(&[0xff, 0x00])["raw_base64"], "/wA=");
+        let huge = vec![b'x'; RAW_KEEP_BYTES + 1];
+        assert_eq!(redacted_raw_record(&huge)["raw_bytes"], RAW_KEEP_BYTES + 1);
     }
 
     #[test]

@@ -89,5 +89,7 @@ where
     }
 }
 
+pub mod howk;
 pub mod lua;
 pub mod receiver;
+pub mod sink;

@@ -1,15 +1,26 @@
-//! Kafka through rdkafka: the client settings every howk client shares, and a bounded
-//! reachability check.
+//! Kafka through rdkafka: the client settings every howk client shares, a bounded reachability
+//! check, and the Kafka [`Log`]: a group member (consumer with static membership + its
+//! transactional producer, committed together) and a group-less reader.
 //!
 //! librdkafka retries a down broker forever by design; howk's commands and readiness checks
 //! instead ask for metadata with a deadline and name the broker address when it does not answer.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::client::Client;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::{
+    Event, GroupMember, Log, LogError, OutRecord, ReadEvent, Record, TopicPartition, TopicReader,
+};
 use crate::config::KafkaConfig;
 
 /// Why the broker could not be used.
@@ -61,4 +72,465 @@ pub fn check_reachable<C: rdkafka::ClientContext>(
             timeout: config.request_timeout,
             source,
         })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Kafka `Log`.
+// ---------------------------------------------------------------------------------------------
+
+/// How long a transaction may stay open before the broker aborts it. Short, because an
+/// abandoned transaction (a killed member with a new instance id) holds back every
+/// read_committed consumer of its partitions until then.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a dead member keeps its partitions. Static membership lets a restarted member with
+/// the same instance id take them back at once; this bounds the wait when it never returns.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> LogError {
+    move |source| LogError::Kafka { operation, source }
+}
+
+/// The production log over a Kafka cluster.
+pub struct KafkaLog {
+    config: KafkaConfig,
+    /// The producer behind [`Log::produce`], made on first use; a mutex because one producer has
+    /// one transaction at a time.
+    producer: Mutex<Option<ThreadedProducer<DefaultProducerContext>>>,
+}
+
+impl KafkaLog {
+    pub fn new(config: KafkaConfig) -> Self {
+        Self {
+            config,
+            producer: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn transactional_producer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<ThreadedProducer<DefaultProducerContext>, LogError> {
+        let producer: ThreadedProducer<DefaultProducerContext> = client_config(&self.config)
+            .set("transactional.id", transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("enable.idempotence", "true")
+            // Java clients' default, so howk and other producers agree on a key's partition.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(kafka("creating the transactional producer"))?;
+        producer
+            .init_transactions(self.config.request_timeout)
+            .map_err(kafka("initialising transactions"))?;
+        producer
+            .begin_transaction()
+            .map_err(kafka("beginning a transaction"))?;
+        Ok(producer)
+    }
+}
+
+fn base_record<'a>(record: &'a OutRecord) -> BaseRecord<'a, [u8], [u8]> {
+    let mut base = BaseRecord::to(&record.topic).key(&record.key[..]);
+    if let Some(value) = &record.value {
+        base = base.payload(&value[..]);
+    }
+    if let Some(partition) = record.partition {
+        base = base.partition(partition);
+    }
+    base
+}
+
+/// Enqueues a record, waiting for room when the local queue is full.
+fn send_to(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    record: &OutRecord,
+) -> Result<(), LogError> {
+    let mut base = base_record(record);
+    loop {
+        match producer.send(base) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                base = returned;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((source, _)) => {
+                return Err(LogError::Kafka {
+                    operation: "producing a record",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Commits the producer's open transaction with `offsets`, then opens the next one. An abortable
+/// failure aborts (nothing of the transaction becomes visible) and is returned: the caller's
+/// tasks must then rebuild from the log, which the stream thread does by restarting.
+fn commit_transaction(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    consumer: Option<&BaseConsumer<MemberContext>>,
+    offsets: &HashMap<TopicPartition, i64>,
+    timeout: Duration,
+) -> Result<(), LogError> {
+    let result = (|| {
+        if let Some(consumer) = consumer
+            && !offsets.is_empty()
+        {
+            let mut list = TopicPartitionList::new();
+            for (tp, offset) in offsets {
+                list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+                    .map_err(kafka("listing offsets"))?;
+            }
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| LogError::Fenced("the consumer has no group metadata".to_owned()))?;
+            producer
+                .send_offsets_to_transaction(&list, &metadata, timeout)
+                .map_err(kafka("sending offsets to the transaction"))?;
+        }
+        producer
+            .commit_transaction(timeout)
+            .map_err(kafka("committing the transaction"))
+    })();
+    if let Err(error) = result {
+        let _ = producer.abort_transaction(timeout);
+        let _ = producer.begin_transaction();
+        return Err(error);
+    }
+    producer
+        .begin_transaction()
+        .map_err(kafka("beginning a transaction"))
+}
+
+impl Log for KafkaLog {
+    type Member = KafkaMember;
+    type Reader = KafkaReader;
+
+    fn join(
+        &self,
+        group: &str,
+        instance_id: &str,
+        topics: &[Arc<str>],
+    ) -> Result<KafkaMember, LogError> {
+        let producer = self.transactional_producer(&format!("{group}-{instance_id}"))?;
+        let shared = Arc::new(MemberShared {
+            producer,
+            staged: Mutex::new(HashMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            failure: Mutex::new(None),
+            timeout: self.config.request_timeout,
+        });
+        let consumer: BaseConsumer<MemberContext> = client_config(&self.config)
+            .set("group.id", group)
+            .set("group.instance.id", instance_id)
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create_with_context(MemberContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(kafka("creating the group consumer"))?;
+        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(kafka("subscribing to the input topics"))?;
+        Ok(KafkaMember { consumer, shared })
+    }
+
+    fn reader(&self) -> Result<KafkaReader, LogError> {
+        let consumer: BaseConsumer<ReaderContext> = client_config(&self.config)
+            .set("group.id", "howk-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            // A restore ends at an empty fetch; the default 500 ms wait for data would make every
+            // task's start that much slower.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(ReaderContext)
+            .map_err(kafka("creating a reader"))?;
+        Ok(KafkaReader {
+            consumer,
+            topic: None,
+        })
+    }
+
+    fn produce(&self, records: Vec<OutRecord>) -> Result<(), LogError> {
+        let mut guard = self.producer.lock().expect("producer lock");
+        if guard.is_none() {
+            let id = format!("howk-producer-{}", ulid::Ulid::new());
+            *guard = Some(self.transactional_producer(&id)?);
+        }
+        let producer = guard.as_ref().expect("made above");
+        for record in &records {
+            if let Err(error) = send_to(producer, record) {
+                let _ = producer.abort_transaction(self.config.request_timeout);
+                let _ = producer.begin_transaction();
+                return Err(error);
+            }
+        }
+        commit_transaction(producer, None, &HashMap::new(), self.config.request_timeout)
+    }
+
+    fn partitions(&self, topic: &str) -> Result<i32, LogError> {
+        let consumer: BaseConsumer = client_config(&self.config)
+            .create()
+            .map_err(kafka("creating a metadata client"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), self.config.request_timeout)
+            .map_err(kafka("fetching topic metadata"))?;
+        match metadata.topics().first() {
+            Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
+                Ok(found.partitions().len() as i32)
+            }
+            _ => Err(LogError::UnknownTopic(topic.to_owned())),
+        }
+    }
+}
+
+/// What the member and its rebalance callback share.
+struct MemberShared {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Offsets the next commit includes.
+    staged: Mutex<HashMap<TopicPartition, i64>>,
+    /// Assignments and revocations seen by the callback, handed to the next polls.
+    events: Mutex<VecDeque<Event>>,
+    /// A commit that failed inside the callback, reported by the next poll.
+    failure: Mutex<Option<LogError>>,
+    timeout: Duration,
+}
+
+struct MemberContext {
+    shared: Arc<MemberShared>,
+}
+
+impl ClientContext for MemberContext {}
+
+fn topic_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for MemberContext {
+    /// Revocation protocol: the stream thread is blocked in `poll` while this runs, so
+    /// everything it has sent belongs to offsets it has staged. Committing here, before the
+    /// partitions are released, hands the next owner exactly the committed state; what is
+    /// still in flight is dropped by the closing tasks and redone by the next owner.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut staged = self.shared.staged.lock().expect("staged lock");
+            let result = commit_transaction(
+                &self.shared.producer,
+                Some(consumer),
+                &staged,
+                self.shared.timeout,
+            );
+            let revoked = topic_partitions(list);
+            staged.retain(|tp, _| !revoked.contains(tp));
+            if let Err(error) = result {
+                tracing::error!(error = %error, "commit on revocation failed");
+                *self.shared.failure.lock().expect("failure lock") = Some(error);
+            }
+            if !revoked.is_empty() {
+                let mut events = self.shared.events.lock().expect("events lock");
+                events.push_back(Event::Revoked(revoked));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let assigned = topic_partitions(list);
+            if !assigned.is_empty() {
+                let mut events = self.shared.events.lock().expect("events lock");
+                events.push_back(Event::Assigned(assigned));
+            }
+        }
+    }
+}
+
+/// A consumer-group member of the Kafka log.
+pub struct KafkaMember {
+    consumer: BaseConsumer<MemberContext>,
+    shared: Arc<MemberShared>,
+}
+
+fn record_of<M: Message>(message: &M) -> Record {
+    Record {
+        topic: Arc::from(message.topic()),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(bytes::Bytes::copy_from_slice),
+        value: message.payload().map(bytes::Bytes::copy_from_slice),
+        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+impl KafkaMember {
+    fn queued(&self) -> Result<Option<Event>, LogError> {
+        if let Some(error) = self.shared.failure.lock().expect("failure lock").take() {
+            return Err(error);
+        }
+        Ok(self.shared.events.lock().expect("events lock").pop_front())
+    }
+}
+
+impl GroupMember for KafkaMember {
+    fn poll(&mut self, timeout: Duration) -> Result<Option<Event>, LogError> {
+        if let Some(event) = self.queued()? {
+            return Ok(Some(event));
+        }
+        let polled = self.consumer.poll(timeout);
+        // A rebalance seen during this poll comes first: its records follow it.
+        let message = match polled {
+            None => None,
+            Some(Ok(message)) => Some(record_of(&message)),
+            Some(Err(source)) => {
+                tracing::warn!(error = %source, "consumer error");
+                None
+            }
+        };
+        if let Some(event) = self.queued()? {
+            if let Some(record) = message {
+                self.shared
+                    .events
+                    .lock()
+                    .expect("events lock")
+                    .push_back(Event::Record(record));
+            }
+            return Ok(Some(event));
+        }
+        Ok(message.map(Event::Record))
+    }
+
+    fn send(&mut self, record: OutRecord) -> Result<(), LogError> {
+        send_to(&self.shared.producer, &record)
+    }
+
+    fn stage_offsets(&mut self, offsets: &[(TopicPartition, i64)]) {
+        let mut staged = self.shared.staged.lock().expect("staged lock");
+        for (tp, offset) in offsets {
+            staged.insert(tp.clone(), *offset);
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), LogError> {
+        let staged = self.shared.staged.lock().expect("staged lock");
+        commit_transaction(
+            &self.shared.producer,
+            Some(&self.consumer),
+            &staged,
+            self.shared.timeout,
+        )
+    }
+
+    fn committed(&self, partition: &TopicPartition) -> Result<Option<i64>, LogError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&partition.topic, partition.partition);
+        let committed = self
+            .consumer
+            .committed_offsets(list, self.shared.timeout)
+            .map_err(kafka("reading committed offsets"))?;
+        Ok(committed
+            .find_partition(&partition.topic, partition.partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            }))
+    }
+
+    fn pause(&mut self, partition: &TopicPartition, paused: bool) -> Result<(), LogError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&partition.topic, partition.partition);
+        if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        }
+        .map_err(kafka("pausing or resuming a partition"))
+    }
+}
+
+/// A reader's client context: end-of-partition is how a reader learns it caught up, not an
+/// error worth a log line.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "kafka reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// Reads partitions of one topic at a time, without a group.
+pub struct KafkaReader {
+    consumer: BaseConsumer<ReaderContext>,
+    /// The assigned topic: librdkafka's end-of-partition signal names only the partition.
+    topic: Option<Arc<str>>,
+}
+
+impl TopicReader for KafkaReader {
+    fn assign(&mut self, partitions: &[(TopicPartition, i64)]) -> Result<(), LogError> {
+        let mut list = TopicPartitionList::new();
+        for (tp, offset) in partitions {
+            list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+                .map_err(kafka("listing reader offsets"))?;
+        }
+        self.topic = partitions.first().map(|(tp, _)| Arc::clone(&tp.topic));
+        debug_assert!(
+            partitions
+                .iter()
+                .all(|(tp, _)| Some(&tp.topic) == self.topic.as_ref()),
+            "a reader reads one topic"
+        );
+        self.consumer
+            .assign(&list)
+            .map_err(kafka("assigning reader partitions"))
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Option<ReadEvent>, LogError> {
+        match self.consumer.poll(timeout) {
+            None => Ok(None),
+            Some(Ok(message)) => Ok(Some(ReadEvent::Record(record_of(&message)))),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                let topic = self.topic.clone().unwrap_or_else(|| Arc::from(""));
+                Ok(Some(ReadEvent::EndOfPartition(TopicPartition {
+                    topic,
+                    partition,
+                })))
+            }
+            Some(Err(source)) => Err(LogError::Kafka {
+                operation: "reading a partition",
+                source,
+            }),
+        }
+    }
+
+    fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(
+                &partition.topic,
+                partition.partition,
+                Duration::from_secs(10),
+            )
+            .map_err(kafka("fetching watermarks"))?;
+        Ok(high)
+    }
 }

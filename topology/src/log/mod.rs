@@ -1,8 +1,169 @@
-//! The `Log`: partitioned, offset-addressed, keyed topics.
+//! The `Log` seam: partitioned, offset-addressed, keyed topics, read by a consumer group and
+//! written in transactions. The topology runs on it unchanged over two implementations:
 //!
-//! - [`kafka`]: the production log — client settings shared by every rdkafka client howk makes,
-//!   and the reachability check that turns "broker down" into a precise error instead of a hang.
+//! - [`kafka`]: the production log (rdkafka) — consumer group with static membership, a
+//!   transactional producer per member (Kafka Streams `exactly_once_v2` style), read_committed.
+//! - [`embedded`]: an in-process log persisted under a data dir, for `howk dev` and the topology
+//!   test driver. Same semantics, one process.
 //!
-//! The topology work adds the `Log` trait itself and the embedded log beside Kafka.
+//! The API is blocking on purpose: the stream thread that drives it is a plain OS thread, so a
+//! rebalance callback (which must commit before it returns) runs where the task state lives and
+//! never blocks the async reactor.
 
+pub mod embedded;
 pub mod kafka;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// A record read from the log. Key and value stay `Bytes` from the consumer to the HTTP body.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    /// `None` is a tombstone.
+    pub value: Option<Bytes>,
+    /// Milliseconds since the epoch (the producer's create time).
+    pub timestamp_ms: i64,
+}
+
+/// A record to write. `partition: None` lets the log pick by key (the same key always lands on
+/// the same partition); changelog writes name the partition of their task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub topic: Arc<str>,
+    pub partition: Option<i32>,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a group member's poll yields.
+#[derive(Debug)]
+pub enum Event {
+    /// These partitions are now ours; their tasks restore before their first record.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are gone: the open transaction was committed in the revocation callback,
+    /// so their tasks close cleanly and drop what is still in flight.
+    Revoked(Vec<TopicPartition>),
+    Record(Record),
+}
+
+/// What a reader's poll yields.
+#[derive(Debug)]
+pub enum ReadEvent {
+    Record(Record),
+    /// The partition has no more committed records for now.
+    EndOfPartition(TopicPartition),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{operation} failed")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("this member was fenced by a newer one ({0}); its transaction is lost")]
+    Fenced(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("embedded log file {path}: {reason}")]
+    Storage { path: String, reason: String },
+    #[error("embedded log: {0}")]
+    Embedded(String),
+}
+
+/// Offsets to commit: the next offset to read per partition.
+pub type Offsets = Vec<(TopicPartition, i64)>;
+
+/// A partitioned log with consumer groups and transactions.
+pub trait Log: Send + Sync + 'static {
+    type Member: GroupMember;
+    type Reader: TopicReader;
+
+    /// Joins consumer group `group` on `topics` with a transactional producer, as member
+    /// `instance_id` (stable across restarts, so a restarted member takes over its partitions
+    /// and fences its predecessor's open transaction at once).
+    fn join(
+        &self,
+        group: &str,
+        instance_id: &str,
+        topics: &[Arc<str>],
+    ) -> Result<Self::Member, LogError>;
+
+    /// A reader of chosen partitions from chosen offsets (restoration, the scripts table).
+    fn reader(&self) -> Result<Self::Reader, LogError>;
+
+    /// Writes records outside any group, atomically (one transaction when there are several).
+    fn produce(&self, records: Vec<OutRecord>) -> Result<(), LogError>;
+
+    /// How many partitions `topic` has.
+    fn partitions(&self, topic: &str) -> Result<i32, LogError>;
+}
+
+/// One member of a consumer group with its open transaction.
+pub trait GroupMember: Send {
+    /// The next event, or `None` after `timeout` without one.
+    fn poll(&mut self, timeout: Duration) -> Result<Option<Event>, LogError>;
+
+    /// Adds a record to the open transaction.
+    fn send(&mut self, record: OutRecord) -> Result<(), LogError>;
+
+    /// Records the offsets the next commit includes (also used by a revocation callback, which
+    /// commits whatever has been staged so far).
+    fn stage_offsets(&mut self, offsets: &[(TopicPartition, i64)]);
+
+    /// Commits the open transaction — sent records and staged offsets, atomically — and opens
+    /// the next one.
+    fn commit(&mut self) -> Result<(), LogError>;
+
+    /// The group's committed offset of a partition we own (`None`: nothing committed yet).
+    fn committed(&self, partition: &TopicPartition) -> Result<Option<i64>, LogError>;
+
+    /// Stops (or resumes) fetching a partition, for backpressure.
+    fn pause(&mut self, partition: &TopicPartition, paused: bool) -> Result<(), LogError>;
+}
+
+/// Makes readers on demand: restoration and checkpoints need one briefly, and a Kafka reader is
+/// a client with its own threads, not worth keeping per task.
+pub type ReaderFactory = Arc<dyn Fn() -> Result<Box<dyn TopicReader>, LogError> + Send + Sync>;
+
+/// Reads assigned partitions, committed records only.
+pub trait TopicReader: Send {
+    /// Reads `partitions` from their offsets (replacing any previous assignment).
+    fn assign(&mut self, partitions: &[(TopicPartition, i64)]) -> Result<(), LogError>;
+
+    /// The next record or end-of-partition signal, or `None` after `timeout`.
+    fn poll(&mut self, timeout: Duration) -> Result<Option<ReadEvent>, LogError>;
+
+    /// The offset after the last committed record of `partition` (its end for read_committed
+    /// readers, when no transaction is open on it).
+    fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError>;
+}

@@ -1,0 +1,407 @@
+//! The HTTP side of one delivery attempt (SPEC §5, §6): build the request from the webhook as
+//! accepted plus what its script produced, POST it, and report what came back.
+//!
+//! Security: the connection can only reach addresses the [`AddressPolicy`] allows — checked for
+//! IP-literal hosts here and for names in the resolver — and redirects are never followed.
+//! `${VAR}` overrides (`_delivery_headers`, `_delivery_query_params`) are resolved here, at send
+//! time, and live only in this request: they never reach a record, a store or a log line.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::classify::parse_retry_after;
+use super::sign::{SignError, signature_headers};
+use crate::lua::template::TemplateResolver;
+use crate::net::{AddressPolicy, AddressPolicyError, CheckedResolver, refused_address};
+use crate::record::Webhook;
+
+/// `delivery.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Time limit of one POST, connection included. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// CIDRs endpoints may resolve to although they are loopback/private/link-local (SPEC §5).
+    /// Default none; `howk dev` adds loopback.
+    pub allowed_cidrs: Vec<String>,
+    /// Webhooks one deliver task holds (running or queued behind their endpoint) before it stops
+    /// reading its partition. Default 1000.
+    pub max_in_flight: usize,
+    /// Bytes of a failed response body kept for the dead letter. Default 1024.
+    pub response_body_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            allowed_cidrs: Vec::new(),
+            max_in_flight: 1000,
+            response_body_bytes: 1024,
+        }
+    }
+}
+
+/// What the request carries beyond the webhook: the script's output, when a script ran.
+#[derive(Debug, Default)]
+pub struct RequestParts<'a> {
+    /// The body to send; `None` sends the webhook's payload.
+    pub body: Option<Bytes>,
+    /// The full header list after the script; `None` sends the webhook's headers.
+    pub headers: Option<Vec<(String, String)>>,
+    pub opt_out_default_headers: bool,
+    /// The script's `script_config`, for its `_delivery_*` templates.
+    pub script_config: Option<&'a serde_json::Value>,
+}
+
+/// An endpoint's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// `Retry-After`, read as a delay from now.
+    pub retry_after: Option<Duration>,
+    /// The first `response_body_bytes` of the body (lossy UTF-8).
+    pub body_prefix: String,
+}
+
+/// Why no answer came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The endpoint resolves to an address the policy refuses: not worth a retry.
+    #[error("endpoint refused: {0}")]
+    Refused(String),
+    #[error("endpoint URL is invalid: {0}")]
+    InvalidUrl(String),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl SendError {
+    /// Transport failures and timeouts may pass; a refusal, a bad URL or a bad secret will not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Transport(_))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error(transparent)]
+    Cidrs(#[from] AddressPolicyError),
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+}
+
+/// Sends delivery requests; cheap to clone (one connection pool).
+#[derive(Clone)]
+pub struct DeliveryClient {
+    http: reqwest::Client,
+    addresses: AddressPolicy,
+    templates: TemplateResolver,
+    timeout: Duration,
+    response_body_bytes: usize,
+    /// `howk dev --dry`: log each request instead of sending it, answering 200.
+    dry_run: bool,
+}
+
+const USER_AGENT: &str = concat!("howk/", env!("CARGO_PKG_VERSION"));
+
+impl DeliveryClient {
+    pub fn new(
+        config: &DeliveryConfig,
+        templates: TemplateResolver,
+    ) -> Result<Self, ClientBuildError> {
+        let addresses = AddressPolicy::with_allowed(&config.allowed_cidrs)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(CheckedResolver::new(addresses.clone()))
+            .timeout(config.timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(ClientBuildError::Http)?;
+        Ok(Self {
+            http,
+            addresses,
+            templates,
+            timeout: config.timeout,
+            response_body_bytes: config.response_body_bytes,
+            dry_run: false,
+        })
+    }
+
+    /// A client that logs requests instead of sending them (`howk dev --dry`).
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    /// The URL to call: the endpoint with `_delivery_query_params` resolved and merged in
+    /// (replacing same-named keys, keeping the rest in order; empty values dropped).
+    fn url(&self, webhook: &Webhook, parts: &RequestParts<'_>) -> Result<reqwest::Url, SendError> {
+        let mut url = reqwest::Url::parse(&webhook.endpoint)
+            .map_err(|error| SendError::InvalidUrl(error.to_string()))?;
+        let overrides = self.resolved(
+            &webhook.delivery_query_params,
+            parts.script_config,
+            "_delivery_query_params",
+        );
+        if !overrides.is_empty() {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(name, _)| !overrides.iter().any(|(n, _)| n == name))
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept.iter().chain(overrides.iter()));
+        }
+        // An IP-literal host never reaches the resolver, so it is checked here.
+        let host = url.host_str().unwrap_or_default();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>()
+            && let Some(reason) = self.addresses.refusal(ip)
+        {
+            return Err(SendError::Refused(format!("{ip} is a {reason}")));
+        }
+        Ok(url)
+    }
+
+    /// Templates from the script's config, then the webhook's (which win), resolved now.
+    fn resolved(
+        &self,
+        own: &[(String, String)],
+        script_config: Option<&serde_json::Value>,
+        field: &str,
+    ) -> Vec<(String, String)> {
+        let mut merged: Vec<(String, String)> = Vec::new();
+        let from_script = script_config
+            .and_then(|config| config.get(field))
+            .and_then(|value| value.as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_owned())));
+        for (name, template) in from_script.chain(own.iter().cloned()) {
+            let value = self.templates.resolve(&template);
+            merged.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            if !value.is_empty() {
+                merged.push((name, value));
+            }
+        }
+        merged
+    }
+
+    /// POSTs one attempt of `webhook`.
+    pub async fn send(
+        &self,
+        webhook: &Webhook,
+        parts: RequestParts<'_>,
+    ) -> Result<Response, SendError> {
+        let url = self.url(webhook, &parts)?;
+        let body = parts
+            .body
+            .clone()
+            .unwrap_or_else(|| webhook.payload.clone());
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut set = |name: &str, value: &str| {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        };
+        let content_type = if webhook.payload_is_binary && parts.body.is_none() {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
+        set("Content-Type", content_type);
+        if !parts.opt_out_default_headers {
+            set("User-Agent", USER_AGENT);
+            set("X-Webhook-ID", webhook.id.as_str());
+            set("X-Webhook-Attempt", &(webhook.attempt + 1).to_string());
+            set("X-Webhook-Timestamp", &timestamp.to_string());
+        }
+        for (name, value) in parts.headers.as_ref().unwrap_or(&webhook.headers) {
+            set(name, value);
+        }
+        for (name, value) in self.resolved(
+            &webhook.delivery_headers,
+            parts.script_config,
+            "_delivery_headers",
+        ) {
+            set(&name, &value);
+        }
+        if let Some(secret) = &webhook.signing_secret {
+            for (name, value) in signature_headers(secret, webhook.id.as_str(), timestamp, &body)? {
+                set(name, &value);
+            }
+        }
+
+        if self.dry_run {
+            // The endpoint as accepted: resolved query overrides may hold secrets.
+            tracing::info!(webhook_id = webhook.id.as_str(), endpoint = %webhook.endpoint,
+                attempt = webhook.attempt, body_bytes = body.len(), headers = headers.len(),
+                "dry run: not sent");
+            return Ok(Response {
+                status: 200,
+                retry_after: None,
+                body_prefix: String::new(),
+            });
+        }
+        let response = self
+            .http
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| self.send_error(&error))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body_prefix = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            self.body_prefix(response).await
+        };
+        Ok(Response {
+            status,
+            retry_after,
+            body_prefix,
+        })
+    }
+
+    /// Reads at most `response_body_bytes` of a body, dropping the rest with the connection.
+    async fn body_prefix(&self, mut response: reqwest::Response) -> String {
+        let mut kept = Vec::new();
+        while kept.len() < self.response_body_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        kept.truncate(self.response_body_bytes);
+        String::from_utf8_lossy(&kept).into_owned()
+    }
+
+    fn send_error(&self, error: &reqwest::Error) -> SendError {
+        if let Some(refused) = refused_address(error) {
+            return SendError::Refused(refused.0.clone());
+        }
+        if error.is_timeout() {
+            return SendError::Timeout(self.timeout);
+        }
+        // The chain names the cause ("connection refused", "dns error") without the URL, which
+        // may carry resolved query secrets.
+        let mut text = String::new();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text = cause.to_string();
+            source = cause.source();
+        }
+        if text.is_empty() {
+            text = "request failed".to_owned();
+        }
+        SendError::Transport(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::{ConfigId, WebhookId};
+
+    fn client(env: &[(&str, &str)]) -> DeliveryClient {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup =
+            Arc::new(move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()));
+        DeliveryClient::new(
+            &DeliveryConfig::default(),
+            TemplateResolver::new(lookup, Vec::new()),
+        )
+        .unwrap()
+    }
+
+    fn webhook(endpoint: &str) -> Webhook {
+        Webhook {
+            id: WebhookId::generate(),
+            config_id: ConfigId::new("t"),
+            endpoint: endpoint.into(),
+            payload: Bytes::from_static(b"{}"),
+            payload_is_binary: false,
+            headers: Vec::new(),
+            idempotency_key: None,
+            signing_secret: None,
+            max_attempts: 3,
+            attempt: 0,
+            created_at_ms: 0,
+            script_hash: None,
+            retry_on_status: Vec::new(),
+            delivery_query_params: Vec::new(),
+            delivery_headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn query_overrides_resolve_at_send_time_replace_same_names_and_drop_empties() {
+        let client = client(&[("TOKEN", "s3cret")]);
+        let mut hook = webhook("https://e.com/h?a=1&key=old&b=2");
+        hook.delivery_query_params = vec![
+            ("key".into(), "${TOKEN}".into()),
+            ("empty".into(), "${UNSET}".into()),
+        ];
+        let url = client.url(&hook, &RequestParts::default()).unwrap();
+        assert_eq!(url.as_str(), "https://e.com/h?a=1&b=2&key=s3cret");
+    }
+
+    #[test]
+    fn webhook_templates_win_over_script_config_ones() {
+        let client = client(&[("A", "from-webhook"), ("B", "from-script")]);
+        let config =
+            serde_json::json!({"_delivery_headers": {"Authorization": "${B}", "X-S": "${B}"}});
+        let merged = client.resolved(
+            &[("authorization".into(), "${A}".into())],
+            Some(&config),
+            "_delivery_headers",
+        );
+        assert_eq!(
+            merged,
+            [
+                ("X-S".to_owned(), "from-script".to_owned()),
+                ("authorization".to_owned(), "from-webhook".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn ip_literal_endpoints_in_refused_ranges_are_refused_before_connecting() {
+        let client = client(&[]);
+        for endpoint in [
+            "http://127.0.0.1:9/x",
+            "http://169.254.169.254/",
+            "http://[::1]/",
+        ] {
+            let error = client
+                .url(&webhook(endpoint), &RequestParts::default())
+                .unwrap_err();
+            assert!(matches!(error, SendError::Refused(_)), "{endpoint}");
+            assert!(!error.is_retryable());
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The topology end to end on the real broker: `howk run` as a child process delivering to a
+//! real HTTP receiver on loopback, outputs read back read_committed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::helpers::howk::Howk;
+use crate::helpers::sink::{Reply, WebhookSink};
+
+fn webhook(endpoint: &str, payload: &str) -> Vec<u8> {
+    format!(r#"{{"endpoint": "{endpoint}", "payload": {payload}}}"#).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
+    let sink = WebhookSink::start().await;
+    let mut howk = Howk::new(&[]).await;
+    howk.start();
+
+    // 20 configs × 5 endpoints, 10 webhooks per pair, payloads with odd but valid JSON bytes.
+    let mut webhooks = Vec::new();
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for seq in 0..10 {
+        for config in 0..20 {
+            for endpoint in 0..5 {
+                let payload = format!(
+                    r#"{{"config": {config},  "seq": {seq}, "price": 1.50, "big": 123456789012345678901234567890}}"#
+                );
+                let config_id = format!("tenant{config}:{endpoint}");
+                webhooks.push((
+                    config_id,
+                    webhook(&sink.url(&format!("e{endpoint}")), &payload),
+                ));
+                expected
+                    .entry(format!("e{endpoint}"))
+                    .or_default()
+                    .push(payload);
+            }
+        }
+    }
+    howk.enqueue(&webhooks).await;
+
+    let mut results = howk.tail("results");
+    results.until("1000 delivered results", Duration::from_secs(90), |_| {
+        sink.total() >= 1000
+    });
+    results.until(
+        "1000 delivered results",
+        Duration::from_secs(30),
+        |records| {
+            records
+                .iter()
+                .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+                .count()
+                >= 1000
+        },
+    );
+    assert_eq!(sink.total(), 1000, "each webhook delivered exactly once");
+    let delivered = results.with("outcome", "delivered");
+    assert_eq!(delivered.len(), 1000);
+    let mut ids: Vec<&str> = delivered
+        .iter()
+        .map(|r| r["webhook_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000, "one delivered result per webhook");
+    assert_eq!(results.with("outcome", "accepted").len(), 1000);
+
+    for endpoint in 0..5 {
+        let name = format!("e{endpoint}");
+        let received = sink.received(&name);
+        let mut bodies: Vec<String> = received
+            .iter()
+            .map(|r| String::from_utf8(r.body.clone()).unwrap())
+            .collect();
+        // Per (config, endpoint), in the order accepted.
+        for config in 0..20 {
+            let marker = format!(r#"{{"config": {config},  "#);
+            let seqs: Vec<&String> = bodies.iter().filter(|b| b.starts_with(&marker)).collect();
+            let want: Vec<&String> = expected[&name]
+                .iter()
+                .filter(|b| b.starts_with(&marker))
+                .collect();
+            assert_eq!(seqs, want, "order and bytes for config {config} at {name}");
+        }
+        let mut want = expected[&name].clone();
+        want.sort();
+        bodies.sort();
+        assert_eq!(bodies, want, "bodies byte-exact at {name}");
+        let first = &received[0];
+        assert!(first.header("x-webhook-id").unwrap().starts_with("wh_"));
+        assert_eq!(first.header("x-webhook-attempt"), Some("1"));
+        assert_eq!(first.header("content-type"), Some("application/json"));
+    }
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_endpoint_is_retried_with_the_original_payload_until_it_answers() {
+    let sink = WebhookSink::start().await;
+    sink.plan(
+        "flaky",
+        [Reply::status(500), Reply::status(500), Reply::status(200)],
+    );
+    let mut howk = Howk::new(&[]).await;
+    // The script sees previous_error and the original payload on every attempt.
+    howk.put_script(
+        "retry:1",
+        r#"
+        local seen = previous_error and (previous_error.status_code .. "@" .. previous_error.attempt) or "none"
+        request.headers["X-Previous"] = seen
+        request.body = payload .. "|" .. metadata.attempt
+        "#,
+    )
+    .await;
+    howk.start();
+    howk.enqueue(&[("retry:1".into(), webhook(&sink.url("flaky"), r#"{"v":1}"#))])
+        .await;
+
+    let mut results = howk.tail("results");
+    results.until("a delivered result", Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+    });
+    let received = sink.received("flaky");
+    assert_eq!(received.len(), 3);
+    let attempts: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("x-webhook-attempt").unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    let previous: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("x-previous").unwrap())
+        .collect();
+    assert_eq!(previous, ["none", "500@0", "500@1"]);
+    let bodies: Vec<String> = received
+        .iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, [r#"{"v":1}|0"#, r#"{"v":1}|1"#, r#"{"v":1}|2"#]);
+    assert_eq!(results.with("outcome", "retry_scheduled").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_honoured() {
+    let sink = WebhookSink::start().await;
+    sink.plan(
+        "later",
+        [Reply {
+            status: 503,
+            retry_after_secs: Some(2),
+        }],
+    );
+    let mut howk = Howk::new(&[]).await;
+    howk.start();
+    howk.enqueue(&[("ra".into(), webhook(&sink.url("later"), "{}"))])
+        .await;
+    let mut results = howk.tail("results");
+    results.until("a delivered result", Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+    });
+    let scheduled = &results.with("outcome", "retry_scheduled")[0];
+    let failed_at =
+        chrono::DateTime::parse_from_rfc3339(scheduled["timestamp"].as_str().unwrap()).unwrap();
+    let next =
+        chrono::DateTime::parse_from_rfc3339(scheduled["next_retry_at"].as_str().unwrap()).unwrap();
+    let delay = (next - failed_at).num_milliseconds();
+    assert!(
+        (2000..2100).contains(&delay),
+        "Retry-After 2 s honoured over 200 ms backoff: {delay} ms"
+    );
+    let delivered = &results.with("outcome", "delivered")[0];
+    let delivered_at =
+        chrono::DateTime::parse_from_rfc3339(delivered["timestamp"].as_str().unwrap()).unwrap();
+    assert!((delivered_at - failed_at).num_milliseconds() >= 2000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_failures_are_dead_lettered_with_their_reason() {
+    let sink = WebhookSink::start().await;
+    sink.plan("bad", [Reply::status(400)]);
+    sink.plan("gone", [Reply::status(410)]);
+    sink.plan("down", std::iter::repeat_n(Reply::status(500), 3));
+    let mut howk = Howk::new(&[]).await;
+    howk.start();
+    let exhausted = format!(
+        r#"{{"endpoint": "{}", "payload": {{}}, "max_attempts": 3, "headers": {{"Authorization": "Bearer s3cret", "X-Plain": "1"}}, "signing_secret": "shh"}}"#,
+        sink.url("down")
+    );
+    howk.enqueue(&[
+        ("dl:1".into(), webhook(&sink.url("bad"), "{}")),
+        ("dl:2".into(), webhook(&sink.url("gone"), "{}")),
+        ("dl:3".into(), exhausted.into_bytes()),
+    ])
+    .await;
+
+    let mut letters = howk.tail("deadletter");
+    letters.until("3 dead letters", Duration::from_secs(60), |r| r.len() >= 3);
+    let letters = letters.json();
+    let by_reason = |reason: &str| {
+        letters
+            .iter()
+            .find(|l| l["reason_type"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} letter in {letters:?}"))
+            .clone()
+    };
+    assert_eq!(by_reason("unrecoverable")["status_code"], 400);
+    assert_eq!(by_reason("gone")["status_code"], 410);
+    let exhausted = by_reason("exhausted");
+    assert_eq!(exhausted["attempts"], 3);
+    assert_eq!(
+        exhausted["webhook"]["headers"]["Authorization"],
+        "[REDACTED]"
+    );
+    assert_eq!(exhausted["webhook"]["headers"]["X-Plain"], "1");
+    assert!(exhausted["webhook"].get("signing_secret").is_none());
+    assert_eq!(sink.received("down").len(), 3);
+    assert_eq!(sink.received("bad").len(), 1);
+}

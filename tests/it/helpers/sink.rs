@@ -1,0 +1,144 @@
+//! `WebhookSink`: a real HTTP receiver on loopback for delivery tests. Every request to
+//! `/hook/{name}` is recorded (headers, exact body bytes, arrival order) and answered from that
+//! path's plan — a queue of replies, then 200 once the plan is used up.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+/// One received request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+/// A planned reply: a status and an optional `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after_secs: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    received: HashMap<String, Vec<Received>>,
+    plans: HashMap<String, VecDeque<Reply>>,
+}
+
+#[derive(Clone, Default)]
+pub struct WebhookSink {
+    pub addr: Option<SocketAddr>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl WebhookSink {
+    pub async fn start() -> Self {
+        let mut sink = Self::default();
+        let app = Router::new()
+            .route("/hook/{name}", any(hook))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        sink.addr = Some(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        sink
+    }
+
+    /// The URL of `/hook/{name}`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/hook/{name}", self.addr.unwrap())
+    }
+
+    /// Replies for the next requests to `/hook/{name}`.
+    pub fn plan(&self, name: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .plans
+            .entry(name.to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// What `/hook/{name}` received, in arrival order.
+    pub fn received(&self, name: &str) -> Vec<Received> {
+        self.inner
+            .lock()
+            .unwrap()
+            .received
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Requests received on every path.
+    pub fn total(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .received
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+async fn hook(
+    State(sink): State<WebhookSink>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = sink.inner.lock().unwrap();
+    let headers = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    inner
+        .received
+        .entry(name.clone())
+        .or_default()
+        .push(Received {
+            headers,
+            body: body.to_vec(),
+        });
+    let reply = inner
+        .plans
+        .get_mut(&name)
+        .and_then(VecDeque::pop_front)
+        .unwrap_or(Reply::status(200));
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    match reply.retry_after_secs {
+        Some(secs) => (status, [("retry-after", secs.to_string())], "planned").into_response(),
+        None => (status, "planned").into_response(),
+    }
+}

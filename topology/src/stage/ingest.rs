@@ -1,0 +1,185 @@
+//! Ingest (`howk.pending`, keyed by config_id): decode and validate each record (a poison one
+//! becomes an `invalid_record` dead letter carrying its raw bytes), drop idempotency repeats
+//! within the TTL (`duplicate` result), emit `accepted`, and re-key the webhook **as accepted**
+//! by endpoint onto `howk.delivery`.
+//!
+//! Idempotency store layout: `k ‖ config_id ‖ 0x00 ‖ key` → expiry (ms, BE), plus an expiry
+//! index `e ‖ expiry (BE) ‖ k-key` → empty, so the hourly punctuation deletes expired keys with
+//! one range scan. Its changelog is `howk-idempotency-changelog`, same partition.
+
+use howk_processor::ids::WebhookId;
+use howk_processor::record::internal::DeliveryRecord;
+use howk_processor::record::{Outcome, PendingContext, Webhook};
+use howk_state::rocks::RocksStore;
+use howk_state::store::Store;
+
+use super::{StageSettings, invalid_record_letter, send_dead_letter, send_result};
+use crate::log::{ReaderFactory, Record, TopicPartition};
+use crate::processor::{Context, Processor, TaskError};
+use crate::restore::{open_store, write_checkpoint};
+
+/// How often expired idempotency keys are purged.
+const EXPIRY_INTERVAL_MS: i64 = 60 * 60 * 1000;
+/// Expired keys deleted per punctuation, so one purge cannot stall the partition.
+const EXPIRY_BATCH: usize = 10_000;
+
+/// What one ingest task has done, for tests and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestCounters {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub invalid: u64,
+}
+
+pub struct IngestProcessor {
+    settings: StageSettings,
+    partition: TopicPartition,
+    changelog: TopicPartition,
+    store: RocksStore,
+    checkpoint: std::path::PathBuf,
+    readers: ReaderFactory,
+    next_expiry_ms: i64,
+    pub counters: IngestCounters,
+}
+
+fn key_of(config_id: &str, key: &str) -> Vec<u8> {
+    [b"k", config_id.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+fn expiry_key(expiry_ms: i64, key: &[u8]) -> Vec<u8> {
+    [&b"e"[..], &expiry_ms.to_be_bytes(), key].concat()
+}
+
+impl IngestProcessor {
+    pub fn open(
+        settings: StageSettings,
+        partition: TopicPartition,
+        readers: ReaderFactory,
+    ) -> Result<Self, TaskError> {
+        let changelog = TopicPartition {
+            topic: settings.topics.idempotency_changelog.clone(),
+            partition: partition.partition,
+        };
+        let dir = settings.store_dir("idempotency", partition.partition);
+        let opened = open_store(&dir, Some(&changelog), readers()?.as_mut())?;
+        tracing::info!(%partition, clean = opened.clean, restored = opened.restored_records,
+            "ingest task ready");
+        Ok(Self {
+            checkpoint: opened.checkpoint_path(),
+            store: opened.store,
+            settings,
+            partition,
+            changelog,
+            readers,
+            next_expiry_ms: 0,
+            counters: IngestCounters::default(),
+        })
+    }
+
+    /// True when `key` was seen within the TTL; records it otherwise.
+    fn is_repeat(&mut self, webhook: &Webhook, now_ms: i64) -> Result<bool, TaskError> {
+        let Some(key) = &webhook.idempotency_key else {
+            return Ok(false);
+        };
+        let store_key = key_of(webhook.config_id.as_str(), key);
+        if let Some(expiry) = self.store.get(&store_key)?
+            && let Ok(bytes) = <[u8; 8]>::try_from(expiry.as_slice())
+            && i64::from_be_bytes(bytes) > now_ms
+        {
+            return Ok(true);
+        }
+        let ttl = i64::try_from(self.settings.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expiry = now_ms.saturating_add(ttl);
+        self.store.put(&store_key, &expiry.to_be_bytes());
+        self.store.put(&expiry_key(expiry, &store_key), b"");
+        Ok(false)
+    }
+
+    fn flush(&mut self, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        let changes = self.store.commit()?;
+        ctx.changelog(&self.changelog, changes);
+        Ok(())
+    }
+}
+
+impl Processor for IngestProcessor {
+    fn process(&mut self, record: Record, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        let topics = self.settings.topics.clone();
+        let raw = record.value.clone().unwrap_or_default();
+        let decoded = match &record.value {
+            None => Err(howk_processor::record::InvalidRecord(
+                "a tombstone (null value) is not a webhook".into(),
+            )),
+            Some(value) => Webhook::decode_pending(
+                value,
+                &PendingContext {
+                    key: record.key.as_deref(),
+                    timestamp_ms: record.timestamp_ms,
+                    topic: &record.topic,
+                    partition: record.partition,
+                    offset: record.offset,
+                    max_record_bytes: self.settings.max_record_bytes,
+                    default_max_attempts: self.settings.default_max_attempts,
+                },
+            ),
+        };
+        let webhook = match decoded {
+            Ok(webhook) => webhook,
+            Err(invalid) => {
+                self.counters.invalid += 1;
+                let id = WebhookId::from_offset(&record.topic, record.partition, record.offset);
+                tracing::debug!(webhook_id = id.as_str(), reason = %invalid, "invalid record");
+                let letter = invalid_record_letter(&raw, invalid.0, ctx.now_ms);
+                send_dead_letter(ctx, &topics, id.as_str(), &letter);
+                return Ok(());
+            }
+        };
+        if self.is_repeat(&webhook, ctx.now_ms)? {
+            self.counters.duplicates += 1;
+            let result =
+                howk_processor::delivery::decide::result(&webhook, Outcome::Duplicate, ctx.now_ms);
+            send_result(ctx, &topics, &result);
+            return self.flush(ctx);
+        }
+        self.counters.accepted += 1;
+        let mut accepted =
+            howk_processor::delivery::decide::result(&webhook, Outcome::Accepted, ctx.now_ms);
+        accepted.script_hash = webhook.script_hash.clone();
+        send_result(ctx, &topics, &accepted);
+        let endpoint = webhook.endpoint.clone();
+        let delivery = DeliveryRecord {
+            webhook,
+            previous_error: None,
+            due_at_ms: 0,
+        };
+        ctx.send(&topics.delivery, endpoint.into_bytes(), delivery.encode());
+        self.flush(ctx)
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        if ctx.now_ms < self.next_expiry_ms {
+            return Ok(());
+        }
+        self.next_expiry_ms = ctx.now_ms + EXPIRY_INTERVAL_MS;
+        let until = expiry_key(ctx.now_ms, b"");
+        for (index_key, _) in self.store.range(b"e", &until, EXPIRY_BATCH)? {
+            let store_key = &index_key[9..];
+            // A key re-recorded since has a later expiry: keep it.
+            let current = self.store.get(store_key)?;
+            if current.as_deref() == Some(&index_key[1..9]) {
+                self.store.delete(store_key);
+            }
+            self.store.delete(&index_key);
+        }
+        self.flush(ctx)
+    }
+
+    fn close(&mut self) -> Result<(), TaskError> {
+        tracing::debug!(partition = %self.partition, counters = ?self.counters, "ingest task closed");
+        write_checkpoint(
+            &self.checkpoint,
+            Some(&self.changelog),
+            (self.readers)()?.as_mut(),
+        )
+    }
+}

@@ -1,0 +1,106 @@
+//! The stages of the topology (ARCHITECTURE.md), one processor each, in flow order:
+//!
+//! - [`ingest`]: `howk.pending` → validate, drop idempotency repeats, `accepted`, re-key by
+//!   endpoint onto `howk.delivery`
+//! - [`deliver`]: `howk.delivery` → circuit, scripts-table join, Lua, HTTP, classify → results,
+//!   retry, dead letters
+//! - [`retry`]: `howk.retry` → durable timers → back to `howk.delivery` when due
+//! - [`status`]: `howk.results` → per-webhook status and minute stats, queryable
+//!
+//! [`StageContext`] is what every task of a stage shares: topic names, limits, the scripts
+//! table, the delivery machinery.
+
+pub mod deliver;
+pub mod ingest;
+pub mod retry;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use howk_processor::record::{DeadLetter, DeliveryResult};
+
+use crate::config::TopicNames;
+use crate::processor::Context;
+
+/// Topic names as shared strings (cloned per output record without allocating).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub pending: Arc<str>,
+    pub scripts: Arc<str>,
+    pub delivery: Arc<str>,
+    pub retry: Arc<str>,
+    pub results: Arc<str>,
+    pub deadletter: Arc<str>,
+    pub idempotency_changelog: Arc<str>,
+    pub circuit_changelog: Arc<str>,
+    pub timers_changelog: Arc<str>,
+}
+
+impl Topics {
+    pub fn new(names: &TopicNames) -> Self {
+        Self {
+            pending: Arc::from(names.pending.as_str()),
+            scripts: Arc::from(names.scripts.as_str()),
+            delivery: Arc::from(names.delivery.as_str()),
+            retry: Arc::from(names.retry.as_str()),
+            results: Arc::from(names.results.as_str()),
+            deadletter: Arc::from(names.deadletter.as_str()),
+            idempotency_changelog: Arc::from(names.changelog("idempotency").as_str()),
+            circuit_changelog: Arc::from(names.changelog("circuit").as_str()),
+            timers_changelog: Arc::from(names.changelog("timers").as_str()),
+        }
+    }
+}
+
+/// Settings shared by the stages.
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    pub topics: Topics,
+    /// Where task stores live: `<data_dir>/<store>/<partition>`.
+    pub data_dir: PathBuf,
+    /// Largest `howk.pending` value accepted.
+    pub max_record_bytes: usize,
+    /// `max_attempts` of a webhook that does not say.
+    pub default_max_attempts: u32,
+    /// How long an idempotency key suppresses repeats.
+    pub idempotency_ttl: Duration,
+}
+
+impl StageSettings {
+    pub fn store_dir(&self, store: &str, partition: i32) -> PathBuf {
+        self.data_dir.join(store).join(partition.to_string())
+    }
+}
+
+/// Writes a result to `howk.results`, keyed by webhook id.
+pub(crate) fn send_result(ctx: &mut Context<'_>, topics: &Topics, result: &DeliveryResult) {
+    let value = serde_json::to_vec(result).expect("a DeliveryResult serializes");
+    ctx.send(&topics.results, result.webhook_id.as_bytes(), value);
+}
+
+/// Writes a dead letter to `howk.deadletter`, keyed by webhook id.
+pub(crate) fn send_dead_letter(
+    ctx: &mut Context<'_>,
+    topics: &Topics,
+    webhook_id: &str,
+    letter: &DeadLetter,
+) {
+    let value = serde_json::to_vec(letter).expect("a DeadLetter serializes");
+    ctx.send(&topics.deadletter, webhook_id.as_bytes(), value);
+}
+
+/// A dead letter for a record that is not a valid webhook (or internal record).
+pub(crate) fn invalid_record_letter(raw: &[u8], reason: String, now_ms: i64) -> DeadLetter {
+    DeadLetter {
+        webhook: howk_processor::record::outcome::redacted_raw_record(raw),
+        reason_type: howk_processor::record::ReasonType::InvalidRecord,
+        reason,
+        last_error: None,
+        status_code: None,
+        response_body: None,
+        attempts: 0,
+        time: howk_processor::delivery::decide::rfc3339(now_ms),
+    }
+}

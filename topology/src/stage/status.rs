@@ -1,0 +1,270 @@
+//! Status (`howk.results`, keyed by webhook_id): folds every result into the webhook's status
+//! (SPEC §3: `pending`, `delivered`, `failed` = retry scheduled, `exhausted` = dead-lettered)
+//! and into per-minute stats buckets, so `last_1h` and `last_24h` are exact windows of 60 and
+//! 1,440 buckets. The stores are queryable in place (interactive queries) through
+//! [`StatusStores`].
+//!
+//! The source topic doubles as the changelog: a store that did not close cleanly is wiped and
+//! rebuilt by replaying `howk.results` up to the group's committed offset, after which the task
+//! continues from that offset — each result is folded exactly once.
+//!
+//! Store layout: `s ‖ webhook_id` → status JSON; `m ‖ minute (BE)` → counters JSON;
+//! `e ‖ endpoint_hash` → last seen (ms, BE).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use howk_processor::ids::endpoint_hash;
+use howk_processor::record::{DeliveryResult, Outcome};
+use howk_state::rocks::RocksStore;
+use howk_state::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use super::StageSettings;
+use crate::log::{ReaderFactory, Record, TopicPartition};
+use crate::processor::{Context, Processor, TaskError};
+use crate::restore::{open_store, replay, write_checkpoint};
+
+/// One webhook's status, as `GET /webhooks/:id/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    pub webhook_id: String,
+    pub state: String,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+}
+
+/// Counters of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub enqueued: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub exhausted: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.enqueued += other.enqueued;
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        self.exhausted += other.exhausted;
+    }
+}
+
+/// A window's counters and the endpoints seen in it (merged across partitions by the caller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    pub counters: Counters,
+    pub endpoints: HashSet<String>,
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+type SharedStore = Arc<Mutex<RocksStore>>;
+
+/// The status stores of this instance's status tasks, for queries.
+#[derive(Clone, Default)]
+pub struct StatusStores {
+    stores: Arc<RwLock<HashMap<i32, SharedStore>>>,
+}
+
+impl StatusStores {
+    fn register(&self, partition: i32, store: SharedStore) {
+        self.stores
+            .write()
+            .expect("stores lock")
+            .insert(partition, store);
+    }
+
+    fn unregister(&self, partition: i32) {
+        self.stores.write().expect("stores lock").remove(&partition);
+    }
+
+    /// How many partitions this instance serves.
+    pub fn partitions(&self) -> usize {
+        self.stores.read().expect("stores lock").len()
+    }
+
+    /// The status of `webhook_id`, from whichever local partition has it.
+    pub fn status(&self, webhook_id: &str) -> Result<Option<WebhookStatus>, StoreError> {
+        let key = [b"s", webhook_id.as_bytes()].concat();
+        for store in self.stores.read().expect("stores lock").values() {
+            if let Some(bytes) = store.lock().expect("status store lock").get(&key)? {
+                return Ok(serde_json::from_slice(&bytes).ok());
+            }
+        }
+        Ok(None)
+    }
+
+    /// The window of the last `minutes` minutes before `now_ms` (the current minute included).
+    pub fn window(&self, now_ms: i64, minutes: i64) -> Result<Window, StoreError> {
+        let since_minute = now_ms / MINUTE_MS - minutes + 1;
+        let mut window = Window::default();
+        for store in self.stores.read().expect("stores lock").values() {
+            let store = store.lock().expect("status store lock");
+            let from = [&b"m"[..], &since_minute.to_be_bytes()].concat();
+            for (_, value) in store.range(&from, b"n", usize::MAX)? {
+                if let Ok(counters) = serde_json::from_slice::<Counters>(&value) {
+                    window.counters.add(&counters);
+                }
+            }
+            for (key, value) in store.range(b"e", b"f", usize::MAX)? {
+                let seen = <[u8; 8]>::try_from(value.as_slice()).map(i64::from_be_bytes);
+                if seen.is_ok_and(|seen| seen / MINUTE_MS >= since_minute) {
+                    window
+                        .endpoints
+                        .insert(String::from_utf8_lossy(&key[1..]).into_owned());
+                }
+            }
+        }
+        Ok(window)
+    }
+}
+
+pub struct StatusProcessor {
+    partition: TopicPartition,
+    store: SharedStore,
+    stores: StatusStores,
+    checkpoint: std::path::PathBuf,
+    readers: ReaderFactory,
+}
+
+impl StatusProcessor {
+    pub fn open(
+        settings: StageSettings,
+        partition: TopicPartition,
+        committed: Option<i64>,
+        stores: StatusStores,
+        readers: ReaderFactory,
+    ) -> Result<Self, TaskError> {
+        let dir = settings.store_dir("status", partition.partition);
+        let opened = open_store(&dir, None, readers()?.as_mut())?;
+        let checkpoint = opened.checkpoint_path();
+        let clean = opened.clean;
+        let mut store = opened.store;
+        let mut replayed = 0;
+        if !clean && let Some(until) = committed {
+            replayed = replay(readers()?.as_mut(), &partition, 0, Some(until), |record| {
+                if let Some(value) = record.value {
+                    fold(&mut store, &value)?;
+                }
+                Ok(())
+            })?;
+            store.commit()?;
+        }
+        tracing::info!(%partition, clean, replayed, "status task ready");
+        let store = Arc::new(Mutex::new(store));
+        stores.register(partition.partition, Arc::clone(&store));
+        Ok(Self {
+            partition,
+            store,
+            stores,
+            checkpoint,
+            readers,
+        })
+    }
+}
+
+/// Folds one result into the status and stats of `store` (buffered; the caller commits).
+fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
+    let Ok(result) = serde_json::from_slice::<DeliveryResult>(value) else {
+        return Ok(());
+    };
+    if result.outcome == Outcome::Duplicate {
+        return Ok(());
+    }
+    let key = [b"s", result.webhook_id.as_bytes()].concat();
+    let mut status = store
+        .get(&key)?
+        .and_then(|bytes| serde_json::from_slice::<WebhookStatus>(&bytes).ok())
+        .unwrap_or_else(|| WebhookStatus {
+            webhook_id: result.webhook_id.clone(),
+            state: "pending".into(),
+            attempts: 0,
+            last_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            next_retry_at: None,
+            delivered_at: None,
+        });
+    let mut bucket = Counters::default();
+    let attempt_made = |status: &mut WebhookStatus| {
+        status.attempts = status.attempts.max(result.attempt + 1);
+        status.last_attempt_at = Some(result.timestamp.clone());
+        status.last_status_code = result.status_code;
+        status.last_error = result.error.clone();
+        status.next_retry_at = None;
+    };
+    match result.outcome {
+        Outcome::Accepted => bucket.enqueued = 1,
+        Outcome::Delivered => {
+            attempt_made(&mut status);
+            status.state = "delivered".into();
+            status.delivered_at = Some(result.timestamp.clone());
+            bucket.delivered = 1;
+        }
+        Outcome::RetryScheduled => {
+            attempt_made(&mut status);
+            status.state = "failed".into();
+            status.next_retry_at = result.next_retry_at.clone();
+            bucket.failed = 1;
+        }
+        Outcome::DeadLettered => {
+            attempt_made(&mut status);
+            status.state = "exhausted".into();
+            bucket.exhausted = 1;
+        }
+        Outcome::CircuitOpen => status.next_retry_at = result.next_retry_at.clone(),
+        Outcome::Duplicate => {}
+    }
+    store.put(
+        &key,
+        &serde_json::to_vec(&status).expect("status serializes"),
+    );
+
+    let at_ms = chrono::DateTime::parse_from_rfc3339(&result.timestamp)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+    if bucket != Counters::default() {
+        let minute_key = [&b"m"[..], &(at_ms / MINUTE_MS).to_be_bytes()].concat();
+        let mut counters = store
+            .get(&minute_key)?
+            .and_then(|bytes| serde_json::from_slice::<Counters>(&bytes).ok())
+            .unwrap_or_default();
+        counters.add(&bucket);
+        store.put(
+            &minute_key,
+            &serde_json::to_vec(&counters).expect("counters serialize"),
+        );
+    }
+    let endpoint_key = [&b"e"[..], endpoint_hash(&result.endpoint).as_bytes()].concat();
+    store.put(&endpoint_key, &at_ms.to_be_bytes());
+    Ok(())
+}
+
+impl Processor for StatusProcessor {
+    fn process(&mut self, record: Record, _ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        let mut store = self.store.lock().expect("status store lock");
+        if let Some(value) = record.value {
+            fold(&mut store, &value)?;
+        }
+        // The source topic is the changelog: nothing to log, just apply.
+        store.commit()?;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), TaskError> {
+        self.stores.unregister(self.partition.partition);
+        write_checkpoint(&self.checkpoint, None, (self.readers)()?.as_mut())
+    }
+}

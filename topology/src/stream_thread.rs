@@ -1,0 +1,311 @@
+//! The stream thread (Kafka Streams' `StreamThread`): one OS thread that owns a group member,
+//! its transactional producer and every task of the partitions assigned to it. It polls
+//! records, hands each to its task's processor, collects completions of deferred work,
+//! punctuates, and commits — outputs, changelog records and input offsets in one transaction
+//! every `commit_interval`.
+//!
+//! Invariant that makes revocation safe: between two polls, every record sent to the producer
+//! belongs to an input offset already staged. A revocation callback runs inside `poll`, so it can
+//! commit the open transaction at any time and hand the next owner exactly the committed state.
+//! Outputs of a record finished out of order wait in its task until every record before it in
+//! the partition has finished (see [`Task`]).
+//!
+//! A failure (store I/O, a fenced or failed transaction) ends the thread with an error; the
+//! caller restarts it, and tasks that did not close cleanly rebuild from their changelogs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::log::{Event, GroupMember, Log, LogError, OutRecord, Record, TopicPartition};
+use crate::processor::{Completion, CompletionSender, Context, Processor, TaskError};
+
+/// Makes the processor of each assigned partition.
+pub trait TaskFactory: Send + Sync {
+    /// The input topics the group subscribes to.
+    fn topics(&self) -> Vec<Arc<str>>;
+
+    /// A processor for `partition`, its stores restored. `committed` is the group's committed
+    /// offset of the partition (where processing resumes).
+    fn create(
+        &self,
+        partition: &TopicPartition,
+        committed: Option<i64>,
+        completions: CompletionSender,
+    ) -> Result<Box<dyn Processor>, TaskError>;
+}
+
+/// `processing.*` as the thread needs it.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub group: String,
+    /// Stable member id (static membership, transactional id).
+    pub instance_id: String,
+    pub commit_interval: Duration,
+    /// How often processors punctuate (retry timers are due at this resolution).
+    pub punctuate_interval: Duration,
+    /// On shutdown, how long in-flight deliveries may finish before the thread commits what is
+    /// done and leaves the rest to the next start.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("task {partition} failed")]
+    Task {
+        partition: TopicPartition,
+        #[source]
+        source: TaskError,
+    },
+}
+
+/// Poll timeout while deliveries are in flight: completions are picked up at this pace.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+/// Poll timeout when idle.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One input partition's processor and the records it has not finished.
+struct Task {
+    partition: TopicPartition,
+    processor: Box<dyn Processor>,
+    generation: u64,
+    /// Records taken, in offset order, with their outputs; `done` once finished. The outputs
+    /// of a finished record are sent only when every record before it is finished too.
+    slots: VecDeque<Slot>,
+    paused: bool,
+}
+
+struct Slot {
+    offset: i64,
+    outputs: Vec<OutRecord>,
+    done: bool,
+}
+
+impl Task {
+    fn failed(&self, source: TaskError) -> ThreadError {
+        ThreadError::Task {
+            partition: self.partition.clone(),
+            source,
+        }
+    }
+
+    fn process(
+        &mut self,
+        record: Record,
+        member: &mut impl GroupMember,
+    ) -> Result<(), ThreadError> {
+        let offset = record.offset;
+        let mut outputs = Vec::new();
+        let mut ctx = Context::new(now_ms(), &mut outputs);
+        let result = self.processor.process(record, &mut ctx);
+        let done = !ctx.is_deferred();
+        result.map_err(|e| self.failed(e))?;
+        self.slots.push_back(Slot {
+            offset,
+            outputs,
+            done,
+        });
+        self.release(member)
+    }
+
+    fn complete(
+        &mut self,
+        completion: Completion,
+        member: &mut impl GroupMember,
+    ) -> Result<(), ThreadError> {
+        let Ok(index) = self
+            .slots
+            .binary_search_by_key(&completion.offset, |slot| slot.offset)
+        else {
+            return Ok(());
+        };
+        let mut outputs = Vec::new();
+        let mut ctx = Context::new(now_ms(), &mut outputs);
+        self.processor
+            .complete(completion.offset, completion.payload, &mut ctx)
+            .map_err(|e| self.failed(e))?;
+        let slot = &mut self.slots[index];
+        slot.outputs.append(&mut outputs);
+        slot.done = true;
+        self.release(member)
+    }
+
+    fn punctuate(&mut self, member: &mut impl GroupMember) -> Result<(), ThreadError> {
+        let mut outputs = Vec::new();
+        let mut ctx = Context::new(now_ms(), &mut outputs);
+        self.processor
+            .punctuate(&mut ctx)
+            .map_err(|e| self.failed(e))?;
+        for output in outputs {
+            member.send(output)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the outputs of the finished prefix and stages the offset after it.
+    fn release(&mut self, member: &mut impl GroupMember) -> Result<(), ThreadError> {
+        let mut next = None;
+        while self.slots.front().is_some_and(|slot| slot.done) {
+            let slot = self.slots.pop_front().expect("checked above");
+            for output in slot.outputs {
+                member.send(output)?;
+            }
+            next = Some(slot.offset + 1);
+        }
+        if let Some(next) = next {
+            member.stage_offsets(&[(self.partition.clone(), next)]);
+        }
+        Ok(())
+    }
+
+    /// Pauses the partition while the processor holds too much, resumes at half.
+    fn backpressure(
+        &mut self,
+        member: &mut impl GroupMember,
+        limit: usize,
+    ) -> Result<(), LogError> {
+        let backlog = self.processor.backlog().max(self.slots.len());
+        if !self.paused && backlog >= limit {
+            self.paused = true;
+            member.pause(&self.partition, true)?;
+        } else if self.paused && backlog < limit / 2 {
+            self.paused = false;
+            member.pause(&self.partition, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the thread until `shutdown` is set (then drains, commits and closes every task
+/// cleanly) or a failure.
+pub fn run<L: Log>(
+    log: &L,
+    factory: &dyn TaskFactory,
+    config: &StreamConfig,
+    max_in_flight: usize,
+    shutdown: &AtomicBool,
+) -> Result<(), ThreadError> {
+    let mut member = log.join(&config.group, &config.instance_id, &factory.topics())?;
+    let (sender, receiver) = mpsc::channel::<Completion>();
+    let waker: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+    let mut tasks: HashMap<TopicPartition, Task> = HashMap::new();
+    let mut generation = 0u64;
+    let mut last_commit = Instant::now();
+    let mut last_punctuate = Instant::now();
+    let mut draining_since: Option<Instant> = None;
+    let mut uncommitted = false;
+
+    loop {
+        if shutdown.load(Ordering::Relaxed) && draining_since.is_none() {
+            tracing::info!("stream thread draining");
+            draining_since = Some(Instant::now());
+            for task in tasks.values_mut() {
+                member.pause(&task.partition, true)?;
+                task.paused = true;
+            }
+        }
+        if let Some(since) = draining_since {
+            let idle = tasks.values().all(|task| task.slots.is_empty());
+            if idle || since.elapsed() >= config.shutdown_grace {
+                break;
+            }
+        }
+
+        let busy = tasks.values().any(|task| !task.slots.is_empty());
+        match member.poll(if busy { BUSY_POLL } else { IDLE_POLL })? {
+            Some(Event::Assigned(partitions)) => {
+                for partition in partitions {
+                    generation += 1;
+                    let committed = member.committed(&partition)?;
+                    let completions = CompletionSender {
+                        partition: partition.clone(),
+                        generation,
+                        sender: sender.clone(),
+                        waker: Arc::clone(&waker),
+                    };
+                    let processor =
+                        factory
+                            .create(&partition, committed, completions)
+                            .map_err(|source| ThreadError::Task {
+                                partition: partition.clone(),
+                                source,
+                            })?;
+                    tracing::debug!(%partition, ?committed, "task created");
+                    tasks.insert(
+                        partition.clone(),
+                        Task {
+                            partition,
+                            processor,
+                            generation,
+                            slots: VecDeque::new(),
+                            paused: false,
+                        },
+                    );
+                }
+            }
+            Some(Event::Revoked(partitions)) => {
+                // The callback committed; what is still in flight is the next owner's.
+                for partition in partitions {
+                    if let Some(mut task) = tasks.remove(&partition) {
+                        task.processor.close().map_err(|e| task.failed(e))?;
+                    }
+                }
+            }
+            Some(Event::Record(record)) => {
+                let partition = TopicPartition {
+                    topic: Arc::clone(&record.topic),
+                    partition: record.partition,
+                };
+                if let Some(task) = tasks.get_mut(&partition) {
+                    task.process(record, &mut member)?;
+                    uncommitted = true;
+                }
+            }
+            None => {}
+        }
+
+        while let Ok(completion) = receiver.try_recv() {
+            if let Some(task) = tasks.get_mut(&completion.partition)
+                && task.generation == completion.generation
+            {
+                task.complete(completion, &mut member)?;
+                uncommitted = true;
+            }
+        }
+
+        if last_punctuate.elapsed() >= config.punctuate_interval {
+            last_punctuate = Instant::now();
+            for task in tasks.values_mut() {
+                task.punctuate(&mut member)?;
+            }
+            uncommitted = true;
+        }
+
+        if draining_since.is_none() {
+            for task in tasks.values_mut() {
+                task.backpressure(&mut member, max_in_flight)?;
+            }
+        }
+
+        if uncommitted && last_commit.elapsed() >= config.commit_interval {
+            member.commit()?;
+            last_commit = Instant::now();
+            uncommitted = false;
+        }
+    }
+
+    member.commit()?;
+    for (_, mut task) in tasks.drain() {
+        task.processor.close().map_err(|e| task.failed(e))?;
+    }
+    tracing::info!("stream thread stopped cleanly");
+    Ok(())
+}
