@@ -11,13 +11,12 @@ fn webhook(endpoint: &str, payload: &str) -> Vec<u8> {
     format!(r#"{{"endpoint": "{endpoint}", "payload": {payload}}}"#).into_bytes()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
-    let sink = WebhookSink::start().await;
-    let mut howk = Howk::new(&[]).await;
-    howk.start();
-
-    // 20 configs × 5 endpoints, 10 webhooks per pair, payloads with odd but valid JSON bytes.
+/// The happy-path workload: 20 configs × 5 endpoints × 10 webhooks, payloads with JSON bytes a
+/// re-encoder would change (spacing, `1.50`, a 30-digit integer). Returns the records for
+/// `pending` and, per endpoint, the bodies in the order enqueued.
+pub fn happy_path_workload(
+    sink: &WebhookSink,
+) -> (Vec<(String, Vec<u8>)>, HashMap<String, Vec<String>>) {
     let mut webhooks = Vec::new();
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
     for seq in 0..10 {
@@ -38,25 +37,24 @@ async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
             }
         }
     }
-    howk.enqueue(&webhooks).await;
+    (webhooks, expected)
+}
 
-    let mut results = howk.tail("results");
-    results.until("1000 delivered results", Duration::from_secs(90), |_| {
-        sink.total() >= 1000
-    });
-    results.until(
-        "1000 delivered results",
-        Duration::from_secs(30),
-        |records| {
-            records
-                .iter()
-                .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
-                .count()
-                >= 1000
-        },
-    );
+/// Every webhook delivered once, in order per (config, endpoint), bodies byte-exact, default
+/// headers present, one `accepted` and one `delivered` result each.
+pub fn assert_happy_path(
+    sink: &WebhookSink,
+    expected: &HashMap<String, Vec<String>>,
+    results: &[serde_json::Value],
+) {
     assert_eq!(sink.total(), 1000, "each webhook delivered exactly once");
-    let delivered = results.with("outcome", "delivered");
+    let outcome = |name: &str| {
+        results
+            .iter()
+            .filter(|r| r["outcome"] == name)
+            .collect::<Vec<_>>()
+    };
+    let delivered = outcome("delivered");
     assert_eq!(delivered.len(), 1000);
     let mut ids: Vec<&str> = delivered
         .iter()
@@ -65,7 +63,7 @@ async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 1000, "one delivered result per webhook");
-    assert_eq!(results.with("outcome", "accepted").len(), 1000);
+    assert_eq!(outcome("accepted").len(), 1000);
 
     for endpoint in 0..5 {
         let name = format!("e{endpoint}");
@@ -77,12 +75,12 @@ async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
         // Per (config, endpoint), in the order accepted.
         for config in 0..20 {
             let marker = format!(r#"{{"config": {config},  "#);
-            let seqs: Vec<&String> = bodies.iter().filter(|b| b.starts_with(&marker)).collect();
+            let got: Vec<&String> = bodies.iter().filter(|b| b.starts_with(&marker)).collect();
             let want: Vec<&String> = expected[&name]
                 .iter()
                 .filter(|b| b.starts_with(&marker))
                 .collect();
-            assert_eq!(seqs, want, "order and bytes for config {config} at {name}");
+            assert_eq!(got, want, "order and bytes for config {config} at {name}");
         }
         let mut want = expected[&name].clone();
         want.sort();
@@ -93,6 +91,29 @@ async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
         assert_eq!(first.header("x-webhook-attempt"), Some("1"));
         assert_eq!(first.header("content-type"), Some("application/json"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
+    let sink = WebhookSink::start().await;
+    let mut howk = Howk::new(&[]).await;
+    howk.start();
+    let (webhooks, expected) = happy_path_workload(&sink);
+    howk.enqueue(&webhooks).await;
+
+    let mut results = howk.tail("results");
+    results.until(
+        "1000 delivered results",
+        Duration::from_secs(90),
+        |records| {
+            records
+                .iter()
+                .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+                .count()
+                >= 1000
+        },
+    );
+    assert_happy_path(&sink, &expected, &results.json());
     howk.stop();
 }
 
@@ -221,4 +242,42 @@ async fn terminal_failures_are_dead_lettered_with_their_reason() {
     assert!(exhausted["webhook"].get("signing_secret").is_none());
     assert_eq!(sink.received("down").len(), 3);
     assert_eq!(sink.received("bad").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_redis_makes_kv_scripts_retry_then_exhaust_never_drop() {
+    let sink = WebhookSink::start().await;
+    // Nothing listens on port 1: every kv call fails as a transient module failure.
+    let mut howk = Howk::new(&[("HOWK_REDIS_ADDR", "127.0.0.1:1")]).await;
+    howk.put_script(
+        "kvdown",
+        r#"
+        local token, err = kv.get("token")
+        if err then error("kv unavailable: " .. err) end
+        request.headers["X-Token"] = token or "none"
+        "#,
+    )
+    .await;
+    howk.start();
+    let value = format!(
+        r#"{{"endpoint": "{}", "payload": {{}}, "max_attempts": 2}}"#,
+        sink.url("kv")
+    );
+    howk.enqueue(&[("kvdown".into(), value.into_bytes())]).await;
+    let mut letters = howk.tail("deadletter");
+    letters.until("a dead letter", Duration::from_secs(60), |r| !r.is_empty());
+    let letter = &letters.json()[0];
+    assert_eq!(letter["reason_type"], "exhausted", "{letter}");
+    assert_eq!(letter["attempts"], 2);
+    assert!(
+        letter["last_error"].as_str().unwrap().contains("kv"),
+        "{letter}"
+    );
+    assert_eq!(sink.total(), 0, "nothing sent without the script's output");
+    let mut results = howk.tail("results");
+    results.until("the retry result", Duration::from_secs(10), |records| {
+        records
+            .iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains("retry_scheduled"))
+    });
 }

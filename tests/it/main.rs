@@ -6,6 +6,7 @@ mod helpers;
 
 mod crash;
 mod delivery;
+mod embedded;
 mod kafka_smoke;
 mod lua_http;
 mod lua_kv;

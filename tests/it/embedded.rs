@@ -1,0 +1,118 @@
+//! The same happy path on the embedded log (the topology test driver of `howk dev`): the
+//! topology runs in this process, records go in and come out through the `Log` trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use howk_processor::delivery::client::{DeliveryClient, DeliveryConfig};
+use howk_processor::lua::LuaConfig;
+use howk_processor::lua::pool::EnginePool;
+use howk_processor::lua::template::{TemplateResolver, process_env};
+use howk_topology::builder::{Engines, TopologyConfig, start};
+use howk_topology::log::embedded::EmbeddedLog;
+use howk_topology::log::{Log, OutRecord, ReadEvent, TopicPartition, TopicReader};
+use howk_topology::topics::catalogue;
+use howk_topology::{KafkaConfig, ProcessingConfig};
+
+use crate::delivery::{assert_happy_path, happy_path_workload};
+use crate::helpers::sink::WebhookSink;
+use crate::helpers::wait_for;
+
+/// Every committed record of `topic`.
+fn read_all(log: &EmbeddedLog, topic: &str) -> Vec<serde_json::Value> {
+    let mut reader = log.reader().unwrap();
+    let partitions = log.partitions(topic).unwrap();
+    let mut values = Vec::new();
+    for partition in 0..partitions {
+        reader
+            .assign(&[(TopicPartition::new(topic, partition), 0)])
+            .unwrap();
+        while let Some(ReadEvent::Record(record)) = reader.poll(Duration::from_millis(10)).unwrap()
+        {
+            values.push(serde_json::from_slice(&record.value.unwrap()).unwrap());
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_happy_path_runs_on_the_embedded_log() {
+    let sink = WebhookSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        partitions: 3,
+        ..KafkaConfig::default()
+    };
+    let log =
+        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
+    let config = TopologyConfig {
+        kafka: kafka.clone(),
+        processing: ProcessingConfig {
+            data_dir: dir.path().join("state"),
+            instance_id: "embedded".into(),
+            ..ProcessingConfig::default()
+        },
+        max_in_flight: 1000,
+        ..TopologyConfig::default()
+    };
+    let lua = LuaConfig::default();
+    let engines = Engines {
+        pool: Some(EnginePool::start(lua.engine_settings(process_env()), 2, 64)),
+        client: DeliveryClient::new(
+            &DeliveryConfig {
+                allowed_cidrs: vec!["127.0.0.0/8".into()],
+                ..DeliveryConfig::default()
+            },
+            TemplateResolver::new(process_env(), Vec::new()),
+        )
+        .unwrap(),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let running = {
+        let log = Arc::clone(&log);
+        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    let (webhooks, expected) = happy_path_workload(&sink);
+    let pending: Arc<str> = Arc::from(kafka.topics.pending.as_str());
+    log.produce(
+        webhooks
+            .into_iter()
+            .map(|(key, value)| OutRecord {
+                topic: Arc::clone(&pending),
+                partition: None,
+                key: key.into_bytes(),
+                value: Some(value),
+            })
+            .collect(),
+    )
+    .unwrap();
+
+    wait_for(
+        "1000 delivered results",
+        Duration::from_secs(60),
+        || async {
+            let delivered = read_all(&log, &kafka.topics.results)
+                .into_iter()
+                .filter(|r| r["outcome"] == "delivered")
+                .count();
+            (delivered >= 1000).then_some(())
+        },
+    )
+    .await;
+    assert_happy_path(&sink, &expected, &read_all(&log, &kafka.topics.results));
+    let status = running.status.clone();
+    let window = status
+        .window(chrono::Utc::now().timestamp_millis(), 60)
+        .unwrap();
+    assert_eq!(window.counters.enqueued, 1000);
+    assert_eq!(window.counters.delivered, 1000);
+    assert_eq!(window.endpoints.len(), 5);
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
