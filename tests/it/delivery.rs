@@ -11,12 +11,13 @@ fn webhook(endpoint: &str, payload: &str) -> Vec<u8> {
     format!(r#"{{"endpoint": "{endpoint}", "payload": {payload}}}"#).into_bytes()
 }
 
+/// `(config_id, webhook JSON)` records for `pending`, and per endpoint the bodies in order.
+pub type Workload = (Vec<(String, Vec<u8>)>, HashMap<String, Vec<String>>);
+
 /// The happy-path workload: 20 configs × 5 endpoints × 10 webhooks, payloads with JSON bytes a
 /// re-encoder would change (spacing, `1.50`, a 30-digit integer). Returns the records for
 /// `pending` and, per endpoint, the bodies in the order enqueued.
-pub fn happy_path_workload(
-    sink: &WebhookSink,
-) -> (Vec<(String, Vec<u8>)>, HashMap<String, Vec<String>>) {
+pub fn happy_path_workload(sink: &WebhookSink) -> Workload {
     let mut webhooks = Vec::new();
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
     for seq in 0..10 {
