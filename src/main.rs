@@ -5,7 +5,9 @@
 //! - `howk script test FILE`: run a script on a sample webhook with the real engine and limits
 //! - `howk run`: every stage on Kafka (`kv` on Redis) until SIGINT/SIGTERM
 //! - `howk dev [--dry]`: the same topology on the embedded log, in one process
+//! - `howk bench [--count N]`: the end-to-end load benchmark
 
+mod bench;
 mod config;
 mod run;
 mod script_cli;
@@ -48,6 +50,9 @@ enum Command {
         #[arg(long)]
         dry: bool,
     },
+    /// End-to-end load benchmark: enqueue N webhooks with a header-transform script to a local
+    /// receiver and report delivered/s and enqueue→delivered latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Script { command } => script_cli::run(command, &config).await,
         Command::Run => run::run(config, run::Mode::Kafka).await,
         Command::Dev { dry } => run::run(config, run::Mode::Dev { dry }).await,
+        Command::Bench(args) => bench::run(args, config).await,
     }
 }
 

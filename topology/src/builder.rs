@@ -15,7 +15,7 @@ use howk_processor::policy::circuit::CircuitBreakerConfig;
 use howk_processor::policy::retry::RetryConfig;
 
 use crate::config::{DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig};
-use crate::log::{Log, LogError, ReaderFactory, TopicPartition, TopicReader};
+use crate::log::{Log, LogError, ReaderFactory, TopicPartition, TopicReader, pooled_readers};
 use crate::processor::{CompletionSender, Processor, TaskError};
 use crate::scripts_table::{LoaderConfig, ScriptsTable, TableError, spawn_loader};
 use crate::stage::deliver::{DeliverProcessor, DeliverShared};
@@ -135,7 +135,7 @@ pub fn start<L: Log>(
         idempotency_ttl: config.idempotency.ttl,
     };
     let reader_log = Arc::clone(&log);
-    let readers: ReaderFactory = Arc::new(move || {
+    let readers: ReaderFactory = pooled_readers(move || {
         reader_log
             .reader()
             .map(|reader| Box::new(reader) as Box<dyn TopicReader>)

@@ -122,6 +122,10 @@ pub fn replay(
             )));
         }
         match reader.poll(Duration::from_millis(200))? {
+            // A reader is reused across restores: anything not from this partition is stale.
+            Some(ReadEvent::Record(record))
+                if record.partition != partition.partition || record.topic != partition.topic => {}
+            Some(ReadEvent::EndOfPartition(end)) if end != *partition => {}
             Some(ReadEvent::Record(record)) => {
                 let offset = record.offset;
                 if until.is_some_and(|until| offset >= until) {

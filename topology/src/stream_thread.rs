@@ -296,7 +296,9 @@ pub fn run<L: Log>(
         }
 
         if uncommitted && last_commit.elapsed() >= config.commit_interval {
+            let started = Instant::now();
             member.commit()?;
+            tracing::trace!(took_us = started.elapsed().as_micros() as u64, "committed");
             last_commit = Instant::now();
             uncommitted = false;
         }

@@ -13,7 +13,7 @@
 pub mod embedded;
 pub mod kafka;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -166,4 +166,57 @@ pub trait TopicReader: Send {
     /// The offset after the last committed record of `partition` (its end for read_committed
     /// readers, when no transaction is open on it).
     fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError>;
+}
+
+/// A [`ReaderFactory`] that lends readers from a pool instead of making one per call: a task's
+/// restore then costs a fetch, not a new client and its connections (measured on Kafka: ~150 ms
+/// per task with a fresh client). A lent reader goes back to the pool when dropped.
+pub fn pooled_readers(
+    make: impl Fn() -> Result<Box<dyn TopicReader>, LogError> + Send + Sync + 'static,
+) -> ReaderFactory {
+    let pool: Arc<Mutex<Vec<Box<dyn TopicReader>>>> = Arc::default();
+    Arc::new(move || {
+        let pooled = pool.lock().expect("reader pool lock").pop();
+        let reader = match pooled {
+            Some(reader) => reader,
+            None => make()?,
+        };
+        Ok(Box::new(LentReader {
+            reader: Some(reader),
+            pool: Arc::clone(&pool),
+        }))
+    })
+}
+
+struct LentReader {
+    reader: Option<Box<dyn TopicReader>>,
+    pool: Arc<Mutex<Vec<Box<dyn TopicReader>>>>,
+}
+
+impl LentReader {
+    fn inner(&mut self) -> &mut dyn TopicReader {
+        self.reader.as_deref_mut().expect("present until dropped")
+    }
+}
+
+impl TopicReader for LentReader {
+    fn assign(&mut self, partitions: &[(TopicPartition, i64)]) -> Result<(), LogError> {
+        self.inner().assign(partitions)
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Option<ReadEvent>, LogError> {
+        self.inner().poll(timeout)
+    }
+
+    fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError> {
+        self.inner().end_offset(partition)
+    }
+}
+
+impl Drop for LentReader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.pool.lock().expect("reader pool lock").push(reader);
+        }
+    }
 }
