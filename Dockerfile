@@ -9,7 +9,8 @@ RUN cargo build --release --bin howk
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 howk
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 howk \
+    && mkdir -p /var/lib/howk && chown howk /var/lib/howk
 COPY --from=build /src/target/release/howk /usr/local/bin/howk
 USER howk
 EXPOSE 8080
