@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use howk_api::ApiConfig;
 use howk_processor::delivery::client::DeliveryConfig;
 use howk_processor::lua::LuaConfig;
 use howk_processor::lua::modules::kv::RedisConfig;
@@ -29,6 +30,8 @@ const FOREIGN_PREFIXES: [&str; 3] = ["HOWK_TEST_", "HOWK_LUA_CRYPTO_", "HOWK_LUA
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HowkConfig {
+    /// The REST listener.
+    pub api: ApiConfig,
     /// Broker connection and topic layout.
     pub kafka: KafkaConfig,
     /// Script execution: on/off, limits, and the kv/http modules.
@@ -185,6 +188,12 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
         || config.circuit_breaker.success_threshold == 0
     {
         return Err(key("circuit_breaker", "thresholds must be at least 1"));
+    }
+    if config.api.max_request_size == 0 {
+        return Err(key("api.max_request_size", "must be at least 1"));
+    }
+    if config.api.admin_token.as_deref() == Some("") {
+        return Err(key("api.admin_token", "must not be empty when set"));
     }
     if config.processing.commit_interval.is_zero() {
         return Err(key(

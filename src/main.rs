@@ -3,8 +3,9 @@
 //! Subcommands:
 //! - `howk topics create`: create the topics of SPEC §2 (idempotent)
 //! - `howk script test FILE`: run a script on a sample webhook with the real engine and limits
-//! - `howk run`: every stage on Kafka (`kv` on Redis) until SIGINT/SIGTERM
-//! - `howk dev [--dry]`: the same topology on the embedded log, in one process
+//! - `howk run [--no-api]`: every stage on Kafka (`kv` on Redis) and the REST API
+//! - `howk dev [--dry] [--no-api]`: the same on the embedded log, in one process
+//! - `howk api`: the REST API alone
 //! - `howk bench [--count N]`: the end-to-end load benchmark
 
 mod bench;
@@ -41,15 +42,25 @@ enum Command {
         #[command(subcommand)]
         command: script_cli::ScriptCommand,
     },
-    /// Run every stage against Kafka (scripts table, ingest, deliver, retry, status).
-    Run,
-    /// Run every stage in one process on the embedded log under `processing.data_dir`, with an
-    /// in-process `kv`; loopback endpoints are allowed.
+    /// Run every stage against Kafka (scripts table, ingest, deliver, retry, status) and serve
+    /// the REST API.
+    Run {
+        /// Do not serve the REST API.
+        #[arg(long)]
+        no_api: bool,
+    },
+    /// Run every stage and the REST API in one process on the embedded log under
+    /// `processing.data_dir`, with an in-process `kv`; loopback endpoints are allowed.
     Dev {
         /// Log each request instead of sending it.
         #[arg(long)]
         dry: bool,
+        /// Do not serve the REST API.
+        #[arg(long)]
+        no_api: bool,
     },
+    /// Serve the REST API alone, on Kafka (status and stats need `howk run`).
+    Api,
     /// End-to-end load benchmark: enqueue N webhooks with a header-transform script to a local
     /// receiver and report delivered/s and enqueue→delivered latency.
     Bench(bench::BenchArgs),
@@ -101,8 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Script { command } => script_cli::run(command, &config).await,
-        Command::Run => run::run(config, run::Mode::Kafka).await,
-        Command::Dev { dry } => run::run(config, run::Mode::Dev { dry }).await,
+        Command::Run { no_api } => run::run(config, run::Mode::Kafka, !no_api).await,
+        Command::Dev { dry, no_api } => run::run(config, run::Mode::Dev { dry }, !no_api).await,
+        Command::Api => run::api_only(config).await,
         Command::Bench(args) => bench::run(args, config).await,
     }
 }

@@ -1,12 +1,18 @@
-//! `howk run` (every stage on Kafka, `kv` on Redis) and `howk dev` (the same topology on the
+//! `howk run` (every stage on Kafka, `kv` on Redis), `howk dev` (the same topology on the
 //! embedded log under the data dir, `kv` in process, loopback endpoints allowed, `--dry` logs
-//! instead of sending): builds the script engines, the delivery client, the scripts table and
-//! the stages from configuration, then runs the stream thread until SIGINT/SIGTERM.
+//! instead of sending) and `howk api` (the REST API alone, on Kafka): builds the script engines,
+//! the delivery client, the scripts table and the stages from configuration, serves the API,
+//! and runs until SIGINT/SIGTERM.
+//!
+//! Shutdown order: the API stops accepting and finishes in-flight requests, its producer is
+//! flushed, then the stream thread drains, commits and closes its stores.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
+use howk_api::ingress::{EmbeddedIngress, Ingress, KafkaIngress};
+use howk_api::{AppState, LocalTopology};
 use howk_processor::delivery::client::DeliveryClient;
 use howk_processor::lua::modules::crypto::CryptoKeys;
 use howk_processor::lua::modules::io::IoRuntime;
@@ -17,6 +23,7 @@ use howk_topology::builder::{Engines, TopologyConfig, start};
 use howk_topology::log::Log;
 use howk_topology::log::embedded::EmbeddedLog;
 use howk_topology::log::kafka::KafkaLog;
+use howk_topology::scripts_table::{LoaderConfig, ScriptsTable, spawn_loader};
 use howk_topology::topics::catalogue;
 
 use crate::config::HowkConfig;
@@ -35,38 +42,147 @@ const SCRIPT_QUEUE_PER_THREAD: usize = 64;
 /// Loopback ranges `howk dev` lets endpoints use.
 const DEV_ALLOWED_CIDRS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
-pub async fn run(config: HowkConfig, mode: Mode) -> anyhow::Result<()> {
+pub async fn run(config: HowkConfig, mode: Mode, serve_api: bool) -> anyhow::Result<()> {
     let engines = engines(&config, mode)?;
     match mode {
         Mode::Kafka => {
-            let log = KafkaLog::new(config.kafka.clone());
+            let log = Arc::new(KafkaLog::new(config.kafka.clone()));
             check_topics(&log, &config)?;
-            run_on(Arc::new(log), &config, engines).await
+            let ingress = Arc::new(KafkaIngress::new(Arc::clone(&log)));
+            let result = run_on(
+                log,
+                &config,
+                engines,
+                serve_api.then(|| ingress.clone() as _),
+            )
+            .await;
+            howk_api::ingress::flush(&ingress);
+            result
         }
         Mode::Dev { .. } => {
             let dir = config.processing.data_dir.join("log");
             let log = EmbeddedLog::open(Some(&dir), &catalogue(&config.kafka))
                 .with_context(|| format!("cannot open the embedded log at {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), "dev mode: embedded log, in-process kv");
-            run_on(Arc::new(log), &config, engines).await
+            let log = Arc::new(log);
+            let ingress = Arc::new(EmbeddedIngress(Arc::clone(&log)));
+            run_on(log, &config, engines, serve_api.then_some(ingress as _)).await
         }
     }
 }
 
-/// Starts the topology (off the reactor: it waits for the scripts table) and runs it until
-/// SIGINT/SIGTERM.
-async fn run_on<L: Log>(log: Arc<L>, config: &HowkConfig, engines: Engines) -> anyhow::Result<()> {
+/// Starts the topology (off the reactor: it waits for the scripts table), serves the API, and
+/// runs until SIGINT/SIGTERM.
+async fn run_on<L: Log>(
+    log: Arc<L>,
+    config: &HowkConfig,
+    engines: Engines,
+    ingress: Option<Arc<dyn Ingress>>,
+) -> anyhow::Result<()> {
     let handle = tokio::runtime::Handle::current();
     let topology = topology_config(config);
+    let pool = engines.pool.clone();
     let running =
         tokio::task::spawn_blocking(move || start(log, topology, engines, handle)).await??;
-    let shutdown = running.shutdown_flag();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        shutdown.store(true, Ordering::Relaxed);
-    });
+    let api = match ingress {
+        Some(ingress) => {
+            let state = api_state(
+                config,
+                ingress,
+                running.scripts.clone(),
+                Some(LocalTopology {
+                    status: running.status.clone(),
+                    tasks_ready: Arc::clone(&running.tasks_ready),
+                }),
+                pool,
+            );
+            Some(spawn_api(config, state).await?)
+        }
+        None => None,
+    };
+    wait_for_signal().await;
+    tracing::info!("shutdown requested");
+    if let Some((stop, server)) = api {
+        let _ = stop.send(());
+        server.await??;
+    }
+    running.shutdown_flag().store(true, Ordering::Relaxed);
     Ok(tokio::task::spawn_blocking(move || running.wait()).await??)
+}
+
+/// `howk api`: the REST API alone on Kafka, with its own copy of the scripts table.
+pub async fn api_only(config: HowkConfig) -> anyhow::Result<()> {
+    let engines = engines(&config, Mode::Kafka)?;
+    let log = Arc::new(KafkaLog::new(config.kafka.clone()));
+    check_topics(&log, &config)?;
+    let scripts = ScriptsTable::in_memory();
+    let loader = spawn_loader(
+        Arc::clone(&log),
+        scripts.clone(),
+        LoaderConfig {
+            topic: Arc::from(config.kafka.topics.scripts.as_str()),
+            checkpoint: None,
+        },
+    )?;
+    let ingress = Arc::new(KafkaIngress::new(log));
+    let state = api_state(
+        &config,
+        ingress.clone(),
+        scripts.clone(),
+        None,
+        engines.pool,
+    );
+    let (stop, server) = spawn_api(&config, state).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown requested");
+    let _ = stop.send(());
+    server.await??;
+    howk_api::ingress::flush(&ingress);
+    scripts.stop();
+    let _ = tokio::task::spawn_blocking(move || loader.join()).await;
+    Ok(())
+}
+
+fn api_state(
+    config: &HowkConfig,
+    ingress: Arc<dyn Ingress>,
+    scripts: ScriptsTable,
+    topology: Option<LocalTopology>,
+    pool: Option<Arc<EnginePool>>,
+) -> AppState {
+    AppState {
+        config: Arc::new(config.api.clone()),
+        ingress,
+        scripts,
+        topology,
+        pool,
+        engine_settings: config.lua.engine_settings(process_env()),
+        topics: howk_api::Topics {
+            pending: Arc::from(config.kafka.topics.pending.as_str()),
+            scripts: Arc::from(config.kafka.topics.scripts.as_str()),
+        },
+        max_record_bytes: config.processing.max_record_bytes,
+        default_max_attempts: config.retry.max_attempts,
+    }
+}
+
+type ApiServer = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Binds `api.host:api.port` and serves until told to stop.
+async fn spawn_api(config: &HowkConfig, state: AppState) -> anyhow::Result<ApiServer> {
+    let address = format!("{}:{}", config.api.host, config.api.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (api.host, api.port)"))?;
+    tracing::info!(address = %listener.local_addr()?, "REST API listening");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(howk_api::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Ok((stop, server))
 }
 
 async fn wait_for_signal() {

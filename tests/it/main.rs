@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod api;
 mod crash;
 mod delivery;
 mod embedded;

@@ -60,6 +60,8 @@ pub enum StartError {
 pub struct RunningTopology {
     pub scripts: ScriptsTable,
     pub status: StatusStores,
+    /// Set once the stream thread has created (restored) the tasks of its assignment.
+    pub tasks_ready: Arc<AtomicBool>,
     shutdown: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<(), ThreadError>>,
     loader: std::thread::JoinHandle<Result<(), TableError>>,
@@ -169,16 +171,18 @@ pub fn start<L: Log>(
     };
     tracing::info!(group = %stream.group, instance_id = %stream.instance_id, "processing");
     let shutdown = Arc::new(AtomicBool::new(false));
+    let tasks_ready = Arc::new(AtomicBool::new(false));
     let thread = {
-        let shutdown = Arc::clone(&shutdown);
+        let (shutdown, tasks_ready) = (Arc::clone(&shutdown), Arc::clone(&tasks_ready));
         std::thread::Builder::new()
             .name("howk-stream".into())
-            .spawn(move || run_until_shutdown(&*log, &stages, &stream, &shutdown))
+            .spawn(move || run_until_shutdown(&*log, &stages, &stream, &shutdown, &tasks_ready))
             .expect("spawn the stream thread")
     };
     Ok(RunningTopology {
         scripts,
         status,
+        tasks_ready,
         shutdown,
         thread,
         loader,
@@ -257,11 +261,12 @@ pub fn run_until_shutdown<L: Log>(
     stages: &Stages,
     config: &StreamConfig,
     shutdown: &AtomicBool,
+    tasks_ready: &AtomicBool,
 ) -> Result<(), ThreadError> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let max_in_flight = stages.deliver.max_in_flight;
-        match stream_thread::run(log, stages, config, max_in_flight, shutdown) {
+        match stream_thread::run(log, stages, config, max_in_flight, shutdown, tasks_ready) {
             Ok(()) => return Ok(()),
             Err(error) if !shutdown.load(Ordering::Relaxed) => {
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error),

@@ -10,6 +10,7 @@
 //! - [`restore`]: opening a task's store — kept after a clean close, else rebuilt from its changelog
 //! - [`stage`]: ingest → deliver → retry, and status
 //! - [`stream_thread`]: polls, dispatches to tasks, commits transactions, handles rebalances
+//! - [`metrics`]: the Prometheus registry the stages and the API report to
 //! - [`builder`]: which stage reads which topic; the restart loop
 //!
 //! Dependencies point one way: `api → topology → {processor, state}`.
@@ -17,6 +18,7 @@
 pub mod builder;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod processor;
 pub mod restore;
 pub mod scripts_table;

@@ -133,6 +133,7 @@ pub fn replay(
                 }
                 apply(record)?;
                 applied += 1;
+                crate::metrics::metrics().restored_records.inc();
                 if until.is_some_and(|until| offset + 1 >= until) {
                     return Ok(applied);
                 }

@@ -168,6 +168,13 @@ impl ScriptsTable {
             .cloned()
     }
 
+    /// The script of `config_id` itself, without the namespace fallback (what the script API
+    /// reads and replaces).
+    pub fn current(&self, config_id: &ConfigId) -> Option<Arc<ScriptEntry>> {
+        let latest = self.inner.latest.read().expect("latest lock");
+        latest.get(config_id.as_str()).cloned()
+    }
+
     /// Whether the table has seen version `hash` of the script that `config_id` uses.
     pub fn has_version(&self, config_id: &ConfigId, hash: &str) -> bool {
         let hashes = self.inner.hashes.read().expect("hashes lock");

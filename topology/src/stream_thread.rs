@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::log::{Event, GroupMember, Log, LogError, OutRecord, Record, TopicPartition};
+use crate::metrics::metrics;
 use crate::processor::{Completion, CompletionSender, Context, Processor, TaskError};
 
 /// Makes the processor of each assigned partition.
@@ -192,7 +193,10 @@ pub fn run<L: Log>(
     config: &StreamConfig,
     max_in_flight: usize,
     shutdown: &AtomicBool,
+    tasks_ready: &AtomicBool,
 ) -> Result<(), ThreadError> {
+    tasks_ready.store(false, Ordering::Relaxed);
+    metrics().tasks.set(0);
     let mut member = log.join(&config.group, &config.instance_id, &factory.topics())?;
     let (sender, receiver) = mpsc::channel::<Completion>();
     let waker: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
@@ -239,6 +243,7 @@ pub fn run<L: Log>(
                                 source,
                             })?;
                     tracing::debug!(%partition, ?committed, "task created");
+                    metrics().tasks.inc();
                     tasks.insert(
                         partition.clone(),
                         Task {
@@ -250,11 +255,13 @@ pub fn run<L: Log>(
                         },
                     );
                 }
+                tasks_ready.store(true, Ordering::Relaxed);
             }
             Some(Event::Revoked(partitions)) => {
                 // The callback committed; what is still in flight is the next owner's.
                 for partition in partitions {
                     if let Some(mut task) = tasks.remove(&partition) {
+                        metrics().tasks.dec();
                         task.processor.close().map_err(|e| task.failed(e))?;
                     }
                 }
@@ -298,6 +305,7 @@ pub fn run<L: Log>(
         if uncommitted && last_commit.elapsed() >= config.commit_interval {
             let started = Instant::now();
             member.commit()?;
+            metrics().commits.inc();
             tracing::trace!(took_us = started.elapsed().as_micros() as u64, "committed");
             last_commit = Instant::now();
             uncommitted = false;
@@ -306,6 +314,7 @@ pub fn run<L: Log>(
 
     member.commit()?;
     for (_, mut task) in tasks.drain() {
+        metrics().tasks.dec();
         task.processor.close().map_err(|e| task.failed(e))?;
     }
     tracing::info!("stream thread stopped cleanly");

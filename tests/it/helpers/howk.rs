@@ -26,6 +26,8 @@ pub struct Howk {
     child: Option<Child>,
     /// Each start's stderr, printed when the test fails.
     logs: Vec<PathBuf>,
+    /// The REST API's port (fixed per test, so a restart keeps it).
+    pub api_port: u16,
 }
 
 impl Howk {
@@ -72,6 +74,9 @@ impl Howk {
                 format!("{prefix}.{topic}"),
             ));
         }
+        let api_port = free_port();
+        env.push(("HOWK_API_HOST".into(), "127.0.0.1".into()));
+        env.push(("HOWK_API_PORT".into(), api_port.to_string()));
         for (key, value) in extra {
             env.retain(|(k, _)| k != key);
             env.push((key.to_string(), value.to_string()));
@@ -83,6 +88,7 @@ impl Howk {
             data_dir,
             child: None,
             logs: Vec::new(),
+            api_port,
         };
         let output = howk.command(&["topics", "create"]).output().unwrap();
         assert!(
@@ -109,6 +115,11 @@ impl Howk {
 
     /// Starts `howk run`.
     pub fn start(&mut self) {
+        self.start_with(&["run"]);
+    }
+
+    /// Starts `howk <args>` (`run`, `api`).
+    pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let log = self
             .data_dir
@@ -116,13 +127,38 @@ impl Howk {
             .join(format!("howk-{}.log", self.logs.len()));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
-            .command(&["run"])
+            .command(args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
             .expect("spawn howk run");
         self.logs.push(log);
         self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:<api port><path>`.
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// Starts `howk run` and waits until `/ready` answers 200.
+    pub async fn start_ready(&mut self) {
+        self.start();
+        self.wait_ready().await;
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = self.api("/ready");
+        super::wait_for("howk /ready", Duration::from_secs(60), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let response = client.get(&url).send().await.ok()?;
+                (response.status() == 200).then_some(())
+            }
+        })
+        .await;
     }
 
     /// SIGKILL: no shutdown, no final commit.
@@ -212,6 +248,15 @@ impl Drop for Howk {
     }
 }
 
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 async fn produce_many(brokers: &str, topic: &str, records: &[(String, Option<Vec<u8>>)]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -248,8 +293,12 @@ impl Tail {
             .set("isolation.level", "read_committed")
             .create()
             .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = metadata.topics()[0].partitions().len() as i32;
         let mut list = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
+        for partition in 0..partitions {
             list.add_partition_offset(topic, partition, Offset::Beginning)
                 .unwrap();
         }

@@ -28,6 +28,7 @@ use howk_state::store::Store;
 
 use super::{StageSettings, invalid_record_letter, send_dead_letter, send_result};
 use crate::log::{ReaderFactory, Record, TopicPartition};
+use crate::metrics::{ReasonLabel, metrics};
 use crate::processor::{CompletionSender, Context, Processor, TaskError};
 use crate::restore::{open_store, write_checkpoint};
 use crate::scripts_table::ScriptsTable;
@@ -194,6 +195,7 @@ impl DeliverProcessor {
             self.queues.remove(key);
         }
         self.held -= 1;
+        metrics().in_flight.dec();
         job
     }
 
@@ -277,6 +279,7 @@ impl Processor for DeliverProcessor {
             record: delivery,
         });
         self.held += 1;
+        metrics().in_flight.inc();
         if queue.len() == 1 {
             self.start(&key, ctx.now_ms)?;
         }
@@ -301,6 +304,7 @@ impl Processor for DeliverProcessor {
                     return Ok(());
                 };
                 self.counters.circuit_holds += 1;
+                metrics().circuit_holds.inc();
                 let mut held = result(&job.record.webhook, Outcome::CircuitOpen, ctx.now_ms);
                 held.next_retry_at = Some(howk_processor::delivery::decide::rfc3339(retry_at_ms));
                 send_result(ctx, &topics, &held);
@@ -318,6 +322,10 @@ impl Processor for DeliverProcessor {
                     return Ok(());
                 };
                 self.counters.attempts += 1;
+                metrics().attempts.inc();
+                metrics()
+                    .attempt_seconds
+                    .observe(report.duration.as_secs_f64());
                 let decision = decide(
                     &job.record,
                     &report,
@@ -340,14 +348,24 @@ impl Processor for DeliverProcessor {
                 send_result(ctx, &topics, &decision.result);
                 if let Some(retry) = &decision.retry {
                     self.counters.retries += 1;
+                    metrics().retries_scheduled.inc();
                     ctx.send(&topics.retry, webhook_id, retry.encode());
                 }
                 if let Some(letter) = &decision.dead_letter {
                     self.counters.dead_letters += 1;
+                    let reason = serde_json::to_value(letter.reason_type)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    metrics()
+                        .dead_letters
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc();
                     send_dead_letter(ctx, &topics, webhook_id, letter);
                 }
                 if decision.result.outcome == Outcome::Delivered {
                     self.counters.delivered += 1;
+                    metrics().delivered.inc();
                 }
                 key
             }
@@ -361,6 +379,7 @@ impl Processor for DeliverProcessor {
     }
 
     fn close(&mut self) -> Result<(), TaskError> {
+        metrics().in_flight.dec_by(self.held as i64);
         tracing::debug!(partition = %self.partition, counters = ?self.counters,
             abandoned = self.held, "deliver task closed");
         write_checkpoint(

@@ -15,6 +15,7 @@ use howk_state::store::Store;
 
 use super::{StageSettings, invalid_record_letter, send_dead_letter, send_result};
 use crate::log::{ReaderFactory, Record, TopicPartition};
+use crate::metrics::{ReasonLabel, metrics};
 use crate::processor::{Context, Processor, TaskError};
 use crate::restore::{open_store, write_checkpoint};
 
@@ -127,6 +128,12 @@ impl Processor for IngestProcessor {
             Ok(webhook) => webhook,
             Err(invalid) => {
                 self.counters.invalid += 1;
+                metrics()
+                    .dead_letters
+                    .get_or_create(&ReasonLabel {
+                        reason: "invalid_record".into(),
+                    })
+                    .inc();
                 let id = WebhookId::from_offset(&record.topic, record.partition, record.offset);
                 tracing::debug!(webhook_id = id.as_str(), reason = %invalid, "invalid record");
                 let letter = invalid_record_letter(&raw, invalid.0, ctx.now_ms);
@@ -136,12 +143,14 @@ impl Processor for IngestProcessor {
         };
         if self.is_repeat(&webhook, ctx.now_ms)? {
             self.counters.duplicates += 1;
+            metrics().duplicates.inc();
             let result =
                 howk_processor::delivery::decide::result(&webhook, Outcome::Duplicate, ctx.now_ms);
             send_result(ctx, &topics, &result);
             return self.flush(ctx);
         }
         self.counters.accepted += 1;
+        metrics().accepted.inc();
         let mut accepted =
             howk_processor::delivery::decide::result(&webhook, Outcome::Accepted, ctx.now_ms);
         accepted.script_hash = webhook.script_hash.clone();

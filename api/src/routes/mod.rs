@@ -1,0 +1,6 @@
+//! One file per resource, each with its `router()`; merged in [`crate::router`].
+
+pub mod health;
+pub mod scripts;
+pub mod stats;
+pub mod webhooks;

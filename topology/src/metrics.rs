@@ -1,0 +1,149 @@
+//! Process-wide metrics (Prometheus), one registry for the topology and the API. Counters are
+//! `howk_<noun>[_<unit>]_total`, labelled only from bounded sets (outcome, reason type, route,
+//! status), never from tenant data.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Every metric howk exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Webhooks the ingest stage accepted.
+    pub accepted: Counter,
+    /// Idempotency repeats dropped.
+    pub duplicates: Counter,
+    /// Delivery attempts made (script and HTTP).
+    pub attempts: Counter,
+    pub delivered: Counter,
+    pub retries_scheduled: Counter,
+    /// Dead letters by `reason_type`.
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    /// Attempts held back by an open circuit.
+    pub circuit_holds: Counter,
+    /// Seconds per attempt (script + HTTP).
+    pub attempt_seconds: Histogram,
+    /// Webhooks held by deliver tasks (running or queued behind their endpoint).
+    pub in_flight: Gauge,
+    /// Changelog records applied while restoring stores.
+    pub restored_records: Counter,
+    /// Tasks currently open.
+    pub tasks: Gauge,
+    /// Transactions committed.
+    pub commits: Counter,
+    /// API requests by route template and status.
+    pub api_requests: Family<RouteLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("howk");
+        let metrics = Self {
+            accepted: Counter::default(),
+            duplicates: Counter::default(),
+            attempts: Counter::default(),
+            delivered: Counter::default(),
+            retries_scheduled: Counter::default(),
+            dead_letters: Family::default(),
+            circuit_holds: Counter::default(),
+            // 1 ms to ~65 s.
+            attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            in_flight: Gauge::default(),
+            restored_records: Counter::default(),
+            tasks: Gauge::default(),
+            commits: Counter::default(),
+            api_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "accepted",
+            "Webhooks accepted by the ingest stage",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Idempotency repeats dropped",
+            metrics.duplicates.clone(),
+        );
+        registry.register(
+            "attempts",
+            "Delivery attempts made",
+            metrics.attempts.clone(),
+        );
+        registry.register("delivered", "Webhooks delivered", metrics.delivered.clone());
+        registry.register(
+            "retries_scheduled",
+            "Retries scheduled after a retryable failure",
+            metrics.retries_scheduled.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Webhooks dead-lettered, by reason_type",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "circuit_holds",
+            "Attempts held back by an open circuit",
+            metrics.circuit_holds.clone(),
+        );
+        registry.register(
+            "attempt_seconds",
+            "Duration of one delivery attempt, script and HTTP",
+            metrics.attempt_seconds.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Webhooks held by deliver tasks",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "restored_records",
+            "Changelog records applied while restoring task stores",
+            metrics.restored_records.clone(),
+        );
+        registry.register("tasks", "Open tasks", metrics.tasks.clone());
+        registry.register("commits", "Transactions committed", metrics.commits.clone());
+        registry.register(
+            "api_requests",
+            "API requests by route and status",
+            metrics.api_requests.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("metrics encode into a string");
+        text
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
