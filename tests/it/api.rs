@@ -355,3 +355,92 @@ async fn the_openapi_document_describes_every_route() {
         json!("bearer")
     );
 }
+
+/// A broker of one test's own, on a free port, so it can be stopped without disturbing the
+/// others. Stopped (and its data removed) on drop.
+struct OwnBroker {
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    fn command(&self, action: &str) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+            .arg(action)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("HOWK_DATA_DIR", self.data.path())
+            .output()
+            .expect("run scripts/kafka")
+    }
+
+    fn start() -> Self {
+        // The controller takes the next port: find a free pair.
+        let port = loop {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let broker = Self {
+            port,
+            data: tempfile::tempdir().unwrap(),
+        };
+        let output = broker.command("start");
+        assert!(
+            output.status.success(),
+            "own broker did not start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        broker
+    }
+
+    fn stop(&self) {
+        let output = self.command("stop");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.command("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_broker_answers_503_and_accepts_nothing() {
+    let broker = OwnBroker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_BROKERS", &address),
+        ("HOWK_KAFKA_REQUEST_TIMEOUT", "3s"),
+    ])
+    .await;
+    howk.start_ready().await;
+    let enqueue = howk.api("/webhooks/acme/enqueue");
+    let webhook = r#"{"endpoint": "http://e.com/h", "payload": {}}"#;
+    assert_eq!(post(&enqueue, webhook).await.0, StatusCode::ACCEPTED);
+
+    broker.stop();
+    let (status, body) = post(&enqueue, webhook).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was accepted")
+    );
+    let batch = format!(r#"{{"webhooks": [{webhook}, {webhook}]}}"#);
+    let (status, _) = post(&howk.api("/webhooks/acme/enqueue/batch"), &batch).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, ready) = call(reqwest::Method::GET, &howk.api("/ready"), None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_ne!(ready["checks"]["log"], "ok");
+    // Liveness is not readiness: the process still serves.
+    let (status, _) = call(reqwest::Method::GET, &howk.api("/health"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
