@@ -70,7 +70,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus (OpenMetrics) text format",
+        content_type = "application/openmetrics-text")))]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(

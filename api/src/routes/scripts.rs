@@ -15,6 +15,7 @@ use howk_processor::ids::ConfigId;
 use howk_processor::lua::pool::OwnedInput;
 use howk_processor::lua::{LuaEngine, PreviousError, Script, ScriptErrorKind, TestReport};
 use howk_processor::record::ScriptConfig;
+use howk_processor::record::webhook::MAX_ATTEMPTS_LIMIT;
 use howk_topology::log::OutRecord;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -34,6 +35,7 @@ pub fn router() -> axum::Router<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct PutScript {
+    #[schema(min_length = 1)]
     lua_code: String,
     /// Free-text label; default: the previous one plus one, or `1`.
     version: Option<String>,
@@ -219,19 +221,23 @@ pub async fn delete_script(
 pub struct TestRequest {
     lua_code: String,
     /// Any JSON: the script sees its text as `payload`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
     headers: Option<std::collections::BTreeMap<String, String>>,
     script_config: Option<serde_json::Value>,
     /// 0-based.
+    #[schema(maximum = 99)]
     attempt: Option<u32>,
     previous_error: Option<TestPreviousError>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct TestPreviousError {
+    #[schema(minimum = 100, maximum = 599)]
     status_code: Option<u16>,
     error: String,
+    /// 0-based.
+    #[schema(maximum = 99)]
     attempt: Option<u32>,
 }
 
@@ -271,6 +277,27 @@ pub async fn test_script(
         && !config.is_object()
     {
         return Err(ApiError::bad_request("script_config must be a JSON object"));
+    }
+    let attempts = [
+        request.attempt,
+        request.previous_error.as_ref().and_then(|e| e.attempt),
+    ];
+    if attempts
+        .iter()
+        .flatten()
+        .any(|&attempt| attempt >= MAX_ATTEMPTS_LIMIT)
+    {
+        return Err(ApiError::bad_request(format!(
+            "attempt numbers are 0 to {}",
+            MAX_ATTEMPTS_LIMIT - 1
+        )));
+    }
+    if let Some(status) = request.previous_error.as_ref().and_then(|e| e.status_code)
+        && !(100..=599).contains(&status)
+    {
+        return Err(ApiError::bad_request(format!(
+            "previous_error.status_code must be an HTTP status, got {status}"
+        )));
     }
     let Some(pool) = &state.pool else {
         return Err(ApiError::new(

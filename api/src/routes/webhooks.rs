@@ -39,6 +39,7 @@ pub fn router() -> axum::Router<AppState> {
 #[allow(dead_code)]
 pub struct EnqueueRequest {
     /// The http(s) URL to POST to.
+    #[schema(format = "uri", min_length = 8)]
     endpoint: String,
     /// Any JSON; sent as its exact bytes unless a script sets a body.
     payload: Option<serde_json::Value>,
@@ -50,8 +51,10 @@ pub struct EnqueueRequest {
     /// HMAC key; `whsec_…` also sends Standard Webhooks headers.
     signing_secret: Option<String>,
     /// Total attempts, 1–100 (default `retry.max_attempts`).
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
     /// RFC 3339; default now.
+    #[schema(format = DateTime)]
     created_at: Option<String>,
     /// Extra statuses to retry on.
     retry_on_status: Option<Vec<u16>>,
