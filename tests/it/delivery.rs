@@ -282,3 +282,34 @@ async fn a_dead_redis_makes_kv_scripts_retry_then_exhaust_never_drop() {
             .any(|(_, v)| String::from_utf8_lossy(v).contains("retry_scheduled"))
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_on_private_addresses_are_refused_unless_allowed() {
+    let sink = WebhookSink::start().await;
+    // No allowed ranges: loopback is refused, by IP literal and by name.
+    let mut howk = Howk::new(&[("HOWK_DELIVERY_ALLOWED_CIDRS", "")]).await;
+    howk.start();
+    let by_name = sink.url("ssrf").replace("127.0.0.1", "localhost");
+    howk.enqueue(&[
+        ("ssrf:1".into(), webhook(&sink.url("ssrf"), "{}")),
+        ("ssrf:2".into(), webhook(&by_name, "{}")),
+        (
+            "ssrf:3".into(),
+            webhook("http://169.254.169.254/latest/meta-data", "{}"),
+        ),
+    ])
+    .await;
+    let mut letters = howk.tail("deadletter");
+    letters.until("3 dead letters", Duration::from_secs(60), |r| r.len() >= 3);
+    for letter in letters.json() {
+        assert_eq!(letter["reason_type"], "unrecoverable", "{letter}");
+        let reason = letter["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("127.0.0.1")
+                || reason.contains("::1")
+                || reason.contains("169.254.169.254"),
+            "the reason names the address: {reason}"
+        );
+    }
+    assert_eq!(sink.total(), 0, "nothing reached the private address");
+}

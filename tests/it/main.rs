@@ -13,6 +13,7 @@ mod lua_http;
 mod lua_kv;
 mod lua_oauth;
 mod poison;
+mod rebalance;
 mod redis_smoke;
 mod script_cli;
 mod scripts_table;

@@ -108,6 +108,34 @@ impl Howk {
         command
     }
 
+    /// Another instance of the same group on the same topics, with its own instance id, data
+    /// dir and API port.
+    pub fn sibling(&self, instance_id: &str) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let api_port = free_port();
+        let mut env = self.env.clone();
+        for (key, value) in [
+            ("HOWK_PROCESSING_INSTANCE_ID", instance_id.to_owned()),
+            (
+                "HOWK_PROCESSING_DATA_DIR",
+                data_dir.path().join("state").display().to_string(),
+            ),
+            ("HOWK_API_PORT", api_port.to_string()),
+        ] {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_owned(), value));
+        }
+        Self {
+            brokers: self.brokers.clone(),
+            prefix: self.prefix.clone(),
+            env,
+            data_dir,
+            child: None,
+            logs: Vec::new(),
+            api_port,
+        }
+    }
+
     /// A topic's full name (`pending` → `<prefix>.pending`).
     pub fn topic(&self, name: &str) -> String {
         format!("{}.{name}", self.prefix)
