@@ -113,13 +113,13 @@ async fn enqueue_validates_stamps_and_writes_the_spec_record() {
     assert_eq!(record["headers"]["X-A"], "1");
 
     // Delivered through the namespace's script; status follows.
-    wait_for("the delivery", Duration::from_secs(30), || async {
+    wait_for("the delivery", Duration::from_secs(60), || async {
         (sink.received("api").len() == 1).then_some(())
     })
     .await;
     assert_eq!(sink.received("api")[0].header("x-s"), Some("yes"));
     let status_url = howk.api(&format!("/webhooks/{id}/status"));
-    let delivered = wait_for("status delivered", Duration::from_secs(20), || {
+    let delivered = wait_for("status delivered", Duration::from_secs(60), || {
         let url = status_url.clone();
         async move {
             let (status, body) = call(reqwest::Method::GET, &url, None, None).await;

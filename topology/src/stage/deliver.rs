@@ -26,11 +26,13 @@ use howk_processor::record::internal::DeliveryRecord;
 use howk_state::rocks::RocksStore;
 use howk_state::store::Store;
 
-use super::{StageSettings, invalid_record_letter, send_dead_letter, send_result};
+use super::{
+    StageSettings, dead_letter_undecodable, open_task_store, send_dead_letter, send_result,
+};
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::metrics::{ReasonLabel, metrics};
 use crate::processor::{CompletionSender, Context, Processor, TaskError};
-use crate::restore::{open_store, write_checkpoint};
+use crate::restore::write_checkpoint;
 use crate::scripts_table::ScriptsTable;
 
 /// What every deliver task shares.
@@ -103,14 +105,9 @@ impl DeliverProcessor {
         readers: ReaderFactory,
         completions: CompletionSender,
     ) -> Result<Self, TaskError> {
-        let changelog = TopicPartition {
-            topic: shared.settings.topics.circuit_changelog.clone(),
-            partition: partition.partition,
-        };
-        let dir = shared.settings.store_dir("circuit", partition.partition);
-        let opened = open_store(&dir, Some(&changelog), readers()?.as_mut())?;
-        tracing::info!(%partition, clean = opened.clean, restored = opened.restored_records,
-            "deliver task ready");
+        let topic = shared.settings.topics.circuit_changelog.clone();
+        let (opened, changelog) =
+            open_task_store(&shared.settings, "circuit", &topic, &partition, &readers)?;
         Ok(Self {
             checkpoint: opened.checkpoint_path(),
             store: opened.store,
@@ -258,13 +255,9 @@ impl Processor for DeliverProcessor {
             Ok(delivery) => delivery,
             Err(error) => {
                 self.counters.invalid += 1;
-                let id = record
-                    .key
-                    .map(|k| String::from_utf8_lossy(&k).into_owned())
-                    .unwrap_or_default();
-                let letter =
-                    invalid_record_letter(&raw, format!("delivery record: {error}"), ctx.now_ms);
-                send_dead_letter(ctx, &self.shared.settings.topics, &id, &letter);
+                let reason = format!("delivery record: {error}");
+                let topics = &self.shared.settings.topics;
+                dead_letter_undecodable(ctx, topics, record.key.as_deref(), &raw, reason);
                 return Ok(());
             }
         };

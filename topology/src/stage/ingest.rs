@@ -13,11 +13,11 @@ use howk_processor::record::{Outcome, PendingContext, Webhook};
 use howk_state::rocks::RocksStore;
 use howk_state::store::Store;
 
-use super::{StageSettings, invalid_record_letter, send_dead_letter, send_result};
+use super::{StageSettings, invalid_record_letter, open_task_store, send_dead_letter, send_result};
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::metrics::{ReasonLabel, metrics};
 use crate::processor::{Context, Processor, TaskError};
-use crate::restore::{open_store, write_checkpoint};
+use crate::restore::write_checkpoint;
 
 /// How often expired idempotency keys are purged.
 const EXPIRY_INTERVAL_MS: i64 = 60 * 60 * 1000;
@@ -57,14 +57,9 @@ impl IngestProcessor {
         partition: TopicPartition,
         readers: ReaderFactory,
     ) -> Result<Self, TaskError> {
-        let changelog = TopicPartition {
-            topic: settings.topics.idempotency_changelog.clone(),
-            partition: partition.partition,
-        };
-        let dir = settings.store_dir("idempotency", partition.partition);
-        let opened = open_store(&dir, Some(&changelog), readers()?.as_mut())?;
-        tracing::info!(%partition, clean = opened.clean, restored = opened.restored_records,
-            "ingest task ready");
+        let topic = settings.topics.idempotency_changelog.clone();
+        let (opened, changelog) =
+            open_task_store(&settings, "idempotency", &topic, &partition, &readers)?;
         Ok(Self {
             checkpoint: opened.checkpoint_path(),
             store: opened.store,

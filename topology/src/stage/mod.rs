@@ -22,7 +22,10 @@ use std::time::Duration;
 use howk_processor::record::{DeadLetter, DeliveryResult};
 
 use crate::config::TopicNames;
-use crate::processor::Context;
+use crate::log::{ReaderFactory, TopicPartition};
+use crate::metrics::{ReasonLabel, metrics};
+use crate::processor::{Context, TaskError};
+use crate::restore::{OpenedStore, open_store};
 
 /// Topic names as shared strings (cloned per output record without allocating).
 #[derive(Debug, Clone)]
@@ -72,6 +75,48 @@ impl StageSettings {
     pub fn store_dir(&self, store: &str, partition: i32) -> PathBuf {
         self.data_dir.join(store).join(partition.to_string())
     }
+}
+
+/// Opens the `store` of the task reading `partition`, restored from its changelog `topic` (same
+/// partition number); returns it with its changelog partition.
+pub(crate) fn open_task_store(
+    settings: &StageSettings,
+    store: &str,
+    changelog_topic: &Arc<str>,
+    partition: &TopicPartition,
+    readers: &ReaderFactory,
+) -> Result<(OpenedStore, TopicPartition), TaskError> {
+    let changelog = TopicPartition {
+        topic: Arc::clone(changelog_topic),
+        partition: partition.partition,
+    };
+    let dir = settings.store_dir(store, partition.partition);
+    let opened = open_store(&dir, Some(&changelog), readers()?.as_mut())?;
+    tracing::info!(%partition, store, clean = opened.clean, restored = opened.restored_records,
+        "task ready");
+    Ok((opened, changelog))
+}
+
+/// Dead-letters an internal record (`howk.delivery`, `howk.retry`) that does not decode: a
+/// format this build cannot read. Keyed by the record's key (a webhook id or endpoint).
+pub(crate) fn dead_letter_undecodable(
+    ctx: &mut Context<'_>,
+    topics: &Topics,
+    key: Option<&[u8]>,
+    raw: &[u8],
+    reason: String,
+) {
+    metrics()
+        .dead_letters
+        .get_or_create(&ReasonLabel {
+            reason: "invalid_record".into(),
+        })
+        .inc();
+    let id = key
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let letter = invalid_record_letter(raw, reason, ctx.now_ms);
+    send_dead_letter(ctx, topics, &id, &letter);
 }
 
 /// Writes a result to `howk.results`, keyed by webhook id.

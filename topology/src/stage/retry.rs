@@ -9,10 +9,10 @@ use howk_processor::record::internal::DeliveryRecord;
 use howk_state::rocks::RocksStore;
 use howk_state::timer::TimerStore;
 
-use super::{StageSettings, invalid_record_letter, send_dead_letter};
+use super::{StageSettings, dead_letter_undecodable, open_task_store};
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::processor::{Context, Processor, TaskError};
-use crate::restore::{open_store, write_checkpoint};
+use crate::restore::write_checkpoint;
 
 /// Timers re-emitted per punctuation (every 100 ms), so a burst of due retries is spread over
 /// several commits instead of one huge transaction.
@@ -40,14 +40,9 @@ impl RetryProcessor {
         partition: TopicPartition,
         readers: ReaderFactory,
     ) -> Result<Self, TaskError> {
-        let changelog = TopicPartition {
-            topic: settings.topics.timers_changelog.clone(),
-            partition: partition.partition,
-        };
-        let dir = settings.store_dir("timers", partition.partition);
-        let opened = open_store(&dir, Some(&changelog), readers()?.as_mut())?;
-        tracing::info!(%partition, clean = opened.clean, restored = opened.restored_records,
-            "retry task ready");
+        let topic = settings.topics.timers_changelog.clone();
+        let (opened, changelog) =
+            open_task_store(&settings, "timers", &topic, &partition, &readers)?;
         Ok(Self {
             checkpoint: opened.checkpoint_path(),
             timers: TimerStore::new(opened.store),
@@ -77,13 +72,9 @@ impl Processor for RetryProcessor {
             }
             Err(error) => {
                 self.counters.invalid += 1;
-                let id = record
-                    .key
-                    .map(|k| String::from_utf8_lossy(&k).into_owned())
-                    .unwrap_or_default();
-                let letter =
-                    invalid_record_letter(&raw, format!("retry record: {error}"), ctx.now_ms);
-                send_dead_letter(ctx, &self.settings.topics, &id, &letter);
+                let reason = format!("retry record: {error}");
+                let topics = &self.settings.topics;
+                dead_letter_undecodable(ctx, topics, record.key.as_deref(), &raw, reason);
                 Ok(())
             }
         }
@@ -106,10 +97,9 @@ impl Processor for RetryProcessor {
                 // longer read, after a downgrade): dead-lettered, not dropped.
                 Err(error) => {
                     self.counters.invalid += 1;
-                    let id = String::from_utf8_lossy(&timer.id).into_owned();
                     let reason = format!("retry timer: {error}");
-                    let letter = invalid_record_letter(&timer.payload, reason, ctx.now_ms);
-                    send_dead_letter(ctx, &self.settings.topics, &id, &letter);
+                    let topics = &self.settings.topics;
+                    dead_letter_undecodable(ctx, topics, Some(&timer.id), &timer.payload, reason);
                 }
             }
         }
