@@ -88,12 +88,14 @@ impl Ingress for KafkaIngress {
 
     fn check(&self) -> BoxFuture<'static, Result<(), String>> {
         let producer = self.producer().cloned();
+        let topic = self.log.config().topics.pending.clone();
         Box::pin(async move {
             let producer = producer.map_err(|e| e.to_string())?;
             tokio::task::spawn_blocking(move || {
+                // One topic's metadata: a cluster's full metadata grows with its topics.
                 producer
                     .client()
-                    .fetch_metadata(None, Duration::from_secs(2))
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
                     .map(|_| ())
                     .map_err(|e| format!("kafka: {e}"))
             })
