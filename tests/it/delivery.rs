@@ -313,3 +313,41 @@ async fn endpoints_on_private_addresses_are_refused_unless_allowed() {
     }
     assert_eq!(sink.total(), 0, "nothing reached the private address");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_circuit_holds_webhooks_without_calls_or_spent_attempts() {
+    let sink = WebhookSink::start().await;
+    sink.plan("breaker", [Reply::status(500), Reply::status(500)]);
+    let mut howk = Howk::new(&[
+        ("HOWK_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "2"),
+        ("HOWK_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "1s"),
+        ("HOWK_CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "1"),
+    ])
+    .await;
+    howk.start();
+    let value = format!(
+        r#"{{"endpoint": "{}", "payload": {{}}, "max_attempts": 2}}"#,
+        sink.url("breaker")
+    );
+    let webhooks: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|n| (format!("cb:{n}"), value.clone().into_bytes()))
+        .collect();
+    howk.enqueue(&webhooks).await;
+
+    let mut results = howk.tail("results");
+    results.until("4 delivered", Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+            .count()
+            == 4
+    });
+    assert!(
+        !results.with("outcome", "circuit_open").is_empty(),
+        "the two failures opened the circuit and held the retries"
+    );
+    // Two failures and four successes reached the endpoint; held attempts made no call and,
+    // with max_attempts 2, a held retry that spent an attempt would have been dead-lettered.
+    assert_eq!(sink.received("breaker").len(), 6);
+    assert!(howk.tail_is_empty("deadletter"));
+}
