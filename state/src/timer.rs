@@ -27,6 +27,11 @@ impl<S: Store> TimerStore<S> {
         Self { store }
     }
 
+    /// The underlying store (to persist it before a checkpoint).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     pub fn schedule(&mut self, due_ms: i64, id: &[u8], payload: &[u8]) {
         self.store.put(&key(due_ms, id), payload);
     }

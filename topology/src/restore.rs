@@ -53,7 +53,7 @@ pub fn open_store(
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
     }
-    let mut store = RocksStore::open(dir)?;
+    let mut store = RocksStore::open_task_store(dir)?;
     let mut restored_records = 0;
     if let Some(changelog) = changelog {
         let from = checkpoint
@@ -84,13 +84,15 @@ impl OpenedStore {
     }
 }
 
-/// Marks a store closed cleanly at the end of its changelog (or, for a store without one, just
-/// clean).
+/// Marks `store` closed cleanly at the end of its changelog (or, for a store without one, just
+/// clean), after flushing it to disk.
 pub fn write_checkpoint(
+    store: &RocksStore,
     path: &Path,
     changelog: Option<&TopicPartition>,
     reader: &mut dyn TopicReader,
 ) -> Result<(), TaskError> {
+    store.persist()?;
     let mut checkpoint = Checkpoint::default();
     if let Some(changelog) = changelog {
         let end = reader.end_offset(changelog)?;

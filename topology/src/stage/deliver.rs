@@ -385,6 +385,7 @@ impl Processor for DeliverProcessor {
         tracing::debug!(partition = %self.partition, counters = ?self.counters,
             abandoned = self.held, "deliver task closed");
         write_checkpoint(
+            &self.store,
             &self.checkpoint,
             Some(&self.changelog),
             (self.readers)()?.as_mut(),

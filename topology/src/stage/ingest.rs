@@ -181,6 +181,7 @@ impl Processor for IngestProcessor {
     fn close(&mut self) -> Result<(), TaskError> {
         tracing::debug!(partition = %self.partition, counters = ?self.counters, "ingest task closed");
         write_checkpoint(
+            &self.store,
             &self.checkpoint,
             Some(&self.changelog),
             (self.readers)()?.as_mut(),

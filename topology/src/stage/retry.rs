@@ -108,6 +108,7 @@ impl Processor for RetryProcessor {
 
     fn close(&mut self) -> Result<(), TaskError> {
         write_checkpoint(
+            self.timers.store(),
             &self.checkpoint,
             Some(&self.changelog),
             (self.readers)()?.as_mut(),

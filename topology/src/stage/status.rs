@@ -265,6 +265,7 @@ impl Processor for StatusProcessor {
 
     fn close(&mut self) -> Result<(), TaskError> {
         self.stores.unregister(self.partition.partition);
-        write_checkpoint(&self.checkpoint, None, (self.readers)()?.as_mut())
+        let store = self.store.lock().expect("status store lock");
+        write_checkpoint(&store, &self.checkpoint, None, (self.readers)()?.as_mut())
     }
 }
