@@ -87,3 +87,46 @@ async fn a_killed_processor_resumes_without_losing_or_duplicating_anything() {
     assert!(howk.tail_is_empty("deadletter"), "nothing dead-lettered");
     howk.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_restart_keeps_its_stores_and_pending_retries() {
+    let sink = WebhookSink::start().await;
+    sink.plan("later", [Reply::status(503)]);
+    let mut howk = Howk::new(&[("HOWK_RETRY_BASE_DELAY", "3s"), ("RUST_LOG", "info")]).await;
+    howk.start();
+    let value = format!(
+        r#"{{"endpoint": "{}", "payload": {{"kept": true}}}}"#,
+        sink.url("later")
+    );
+    howk.enqueue(&[("clean:1".into(), value.into_bytes())])
+        .await;
+    let mut results = howk.tail("results");
+    results.until("the retry scheduled", Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains("retry_scheduled"))
+    });
+
+    // SIGTERM: drain, commit, checkpoint every store; the retry waits in the timer store.
+    howk.stop();
+    howk.start();
+    results.until("the retried delivery", Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+    });
+    let log = howk.last_log();
+    assert!(
+        log.lines().any(|line| line.contains("task ready")
+            && line.contains("timers")
+            && line.contains("clean=true")),
+        "the timer store was kept, not rebuilt:\n{log}"
+    );
+    assert!(!log.contains("clean=false"), "no store was rebuilt:\n{log}");
+    let bodies: Vec<Vec<u8>> = sink.received("later").into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        [br#"{"kept": true}"#.to_vec(), br#"{"kept": true}"#.to_vec()]
+    );
+    howk.stop();
+}

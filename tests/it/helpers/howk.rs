@@ -255,6 +255,14 @@ impl Howk {
         Tail::new(&self.brokers, &self.topic(topic))
     }
 
+    /// The stderr of the latest start.
+    pub fn last_log(&self) -> String {
+        self.logs
+            .last()
+            .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     fn print_logs(&self) {
         for log in &self.logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
