@@ -322,7 +322,15 @@ async fn every_documented_error_is_json_with_its_status() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("howk_api_requests_total"), "{metrics}");
+    for metric in [
+        "howk_api_requests_total",
+        "howk_consumer_lag_records",
+        "howk_accepted_total",
+        "howk_attempt_seconds_bucket",
+        "howk_restored_records_total",
+    ] {
+        assert!(metrics.contains(metric), "{metric} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

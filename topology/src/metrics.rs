@@ -48,6 +48,8 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Transactions committed.
     pub commits: Counter,
+    /// Records the group member is behind the end of its partitions (Kafka only).
+    pub consumer_lag: Gauge,
     /// API requests by route template and status.
     pub api_requests: Family<RouteLabels, Counter>,
 }
@@ -69,6 +71,7 @@ impl Metrics {
             restored_records: Counter::default(),
             tasks: Gauge::default(),
             commits: Counter::default(),
+            consumer_lag: Gauge::default(),
             api_requests: Family::default(),
             registry: Registry::default(),
         };
@@ -120,6 +123,11 @@ impl Metrics {
         );
         registry.register("tasks", "Open tasks", metrics.tasks.clone());
         registry.register("commits", "Transactions committed", metrics.commits.clone());
+        registry.register(
+            "consumer_lag_records",
+            "Records behind the end of the assigned partitions",
+            metrics.consumer_lag.clone(),
+        );
         registry.register(
             "api_requests",
             "API requests by route and status",

@@ -258,6 +258,10 @@ impl Log for KafkaLog {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            )
             .create_with_context(MemberContext {
                 shared: Arc::clone(&shared),
             })
@@ -346,7 +350,24 @@ struct MemberContext {
     shared: Arc<MemberShared>,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    /// librdkafka's statistics (every `STATISTICS_INTERVAL`) carry each assigned partition's
+    /// lag behind its end: their sum is the `howk_consumer_lag_records` gauge.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            // -1 is "unknown" and partition -1 is librdkafka's internal UA partition.
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+            .map(|partition| partition.consumer_lag)
+            .sum();
+        crate::metrics::metrics().consumer_lag.set(lag);
+    }
+}
+
+/// How often a group member reports statistics (its consumer lag).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 fn topic_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
