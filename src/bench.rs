@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Run on the embedded log instead of Kafka.
     #[arg(long)]
     embedded: bool,
+    /// Enqueue at this many webhooks per second instead of all at once, to measure latency
+    /// below saturation (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: usize,
 }
 
 /// Filler that brings a payload to ~100 bytes, a typical small event.
@@ -42,6 +46,9 @@ const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx
 
 /// Records enqueued per produce call (one transaction on Kafka).
 const ENQUEUE_BATCH: usize = 2_000;
+
+/// With `--rate`, a twentieth of a second's webhooks leave every 50 ms.
+const PACE_TICK: Duration = Duration::from_millis(50);
 
 const SCRIPT: &str = r#"
 request.headers["X-Bench-Id"] = metadata.webhook_id
@@ -112,10 +119,14 @@ pub async fn run(args: BenchArgs, mut config: HowkConfig) -> anyhow::Result<()> 
         Mode::Kafka
     };
     println!(
-        "howk bench: {} webhooks, {} configs, {} endpoints, on {}",
+        "howk bench: {} webhooks, {} configs, {} endpoints, rate {}, on {}",
         args.count,
         args.configs,
         args.endpoints,
+        match args.rate {
+            0 => "unpaced".to_owned(),
+            rate => format!("{rate}/s"),
+        },
         if args.embedded {
             "the embedded log"
         } else {
@@ -172,14 +183,37 @@ async fn bench_on<L: Log>(
         tokio::task::spawn_blocking(move || start(log, topology, engines, handle)).await??
     };
 
+    // Measure the topology, not its start: wait until its tasks exist.
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    while !running
+        .tasks_ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "tasks not ready within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     let started = Instant::now();
     let (count, configs, endpoints) = (args.count, args.configs.max(1), args.endpoints.max(1));
+    // Paced runs enqueue a slice every PACE_TICK; unpaced ones ENQUEUE_BATCH at a time.
+    let (batch_size, tick) = match args.rate {
+        0 => (ENQUEUE_BATCH, None),
+        rate => ((rate / 20).max(1), Some(PACE_TICK)),
+    };
     let enqueue = {
         let log = Arc::clone(&log);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
             let mut n = 0;
             while n < count {
-                let batch: Vec<OutRecord> = (n..(n + ENQUEUE_BATCH).min(count))
+                if let Some(tick) = tick {
+                    // Slice k leaves at k × tick after the start.
+                    let due = started + tick * (n / batch_size) as u32;
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+                let batch: Vec<OutRecord> = (n..(n + batch_size).min(count))
                     .map(|i| {
                         let value = format!(
                             r#"{{"endpoint":"http://{addr}/e/{}","script_hash":"{hash}","payload":{{"t":{},"n":{i},"pad":"{PAD}"}}}}"#,
