@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::helpers::howk::Howk;
+use crate::helpers::howk::{Howk, count_outcome};
 use crate::helpers::sink::{Reply, WebhookSink};
 
 const WEBHOOKS: usize = 2000;
@@ -111,9 +111,7 @@ async fn a_clean_restart_keeps_its_stores_and_pending_retries() {
     howk.stop();
     howk.start();
     results.until("the retried delivery", Duration::from_secs(60), |records| {
-        records
-            .iter()
-            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+        count_outcome(records, "delivered") > 0
     });
     let log = howk.last_log();
     assert!(

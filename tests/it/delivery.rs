@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::helpers::howk::Howk;
+use crate::helpers::howk::{Howk, count_outcome};
 use crate::helpers::sink::{Reply, WebhookSink};
 
 fn webhook(endpoint: &str, payload: &str) -> Vec<u8> {
@@ -106,13 +106,7 @@ async fn thousand_webhooks_are_delivered_once_in_order_with_exact_bodies() {
     results.until(
         "1000 delivered results",
         Duration::from_secs(90),
-        |records| {
-            records
-                .iter()
-                .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
-                .count()
-                >= 1000
-        },
+        |records| count_outcome(records, "delivered") >= 1000,
     );
     assert_happy_path(&sink, &expected, &results.json());
     howk.stop();
@@ -142,9 +136,7 @@ async fn a_failing_endpoint_is_retried_with_the_original_payload_until_it_answer
 
     let mut results = howk.tail("results");
     results.until("a delivered result", Duration::from_secs(60), |records| {
-        records
-            .iter()
-            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+        count_outcome(records, "delivered") > 0
     });
     let received = sink.received("flaky");
     assert_eq!(received.len(), 3);
@@ -182,9 +174,7 @@ async fn retry_after_is_honoured() {
         .await;
     let mut results = howk.tail("results");
     results.until("a delivered result", Duration::from_secs(60), |records| {
-        records
-            .iter()
-            .any(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
+        count_outcome(records, "delivered") > 0
     });
     let scheduled = &results.with("outcome", "retry_scheduled")[0];
     let failed_at =
@@ -336,11 +326,7 @@ async fn an_open_circuit_holds_webhooks_without_calls_or_spent_attempts() {
 
     let mut results = howk.tail("results");
     results.until("4 delivered", Duration::from_secs(60), |records| {
-        records
-            .iter()
-            .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""outcome":"delivered""#))
-            .count()
-            == 4
+        count_outcome(records, "delivered") == 4
     });
     assert!(
         !results.with("outcome", "circuit_open").is_empty(),

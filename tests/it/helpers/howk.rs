@@ -314,6 +314,15 @@ async fn produce_many(brokers: &str, topic: &str, records: &[(String, Option<Vec
     }
 }
 
+/// How many `records` (results) have `outcome`.
+pub fn count_outcome(records: &[(String, Vec<u8>)], outcome: &str) -> usize {
+    let needle = format!(r#""outcome":"{outcome}""#);
+    records
+        .iter()
+        .filter(|(_, value)| String::from_utf8_lossy(value).contains(&needle))
+        .count()
+}
+
 /// Reads every partition of a topic from the beginning, read_committed.
 pub struct Tail {
     consumer: BaseConsumer,
