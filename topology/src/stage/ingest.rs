@@ -188,3 +188,101 @@ impl Processor for IngestProcessor {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::log::embedded::EmbeddedLog;
+    use crate::log::{Log, OutRecord, TopicReader};
+    use crate::stage::Topics;
+    use crate::topics::catalogue;
+
+    fn processor(dir: &std::path::Path) -> IngestProcessor {
+        let kafka = KafkaConfig::default();
+        let log = EmbeddedLog::open(None, &catalogue(&kafka)).unwrap();
+        let readers: ReaderFactory = Arc::new(move || {
+            log.reader()
+                .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
+        });
+        let settings = StageSettings {
+            topics: Topics::new(&kafka.topics),
+            data_dir: dir.to_path_buf(),
+            max_record_bytes: 1024,
+            default_max_attempts: 3,
+            idempotency_ttl: std::time::Duration::from_secs(60),
+        };
+        let partition = TopicPartition::new(&kafka.topics.pending, 0);
+        IngestProcessor::open(settings, partition, readers).unwrap()
+    }
+
+    fn record(offset: i64, value: &str) -> Record {
+        Record {
+            topic: Arc::from("howk.pending"),
+            partition: 0,
+            offset,
+            key: Some(Bytes::from_static(b"shop")),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            timestamp_ms: 1_000,
+        }
+    }
+
+    fn process(processor: &mut IngestProcessor, offset: i64, value: &str) -> Vec<OutRecord> {
+        let mut outputs = Vec::new();
+        let mut ctx = Context::new(2_000, &mut outputs);
+        processor.process(record(offset, value), &mut ctx).unwrap();
+        assert!(!ctx.is_deferred(), "ingest finishes every record at once");
+        outputs
+    }
+
+    fn topics_of(outputs: &[OutRecord]) -> Vec<&str> {
+        outputs.iter().map(|o| &*o.topic).collect()
+    }
+
+    #[test]
+    fn accepts_drops_repeats_and_dead_letters_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingest = processor(dir.path());
+        let webhook = r#"{"endpoint": "https://e.com/h", "payload": 1, "idempotency_key": "k"}"#;
+
+        let first = process(&mut ingest, 0, webhook);
+        assert_eq!(
+            topics_of(&first),
+            [
+                "howk.results",
+                "howk.delivery",
+                "howk-idempotency-changelog",
+                "howk-idempotency-changelog"
+            ]
+        );
+        assert_eq!(first[1].key, b"https://e.com/h", "re-keyed by endpoint");
+
+        let repeat = process(&mut ingest, 1, webhook);
+        assert_eq!(topics_of(&repeat), ["howk.results"]);
+        assert!(String::from_utf8_lossy(repeat[0].value.as_ref().unwrap()).contains("duplicate"));
+
+        let poison = process(&mut ingest, 2, "{nope");
+        assert_eq!(topics_of(&poison), ["howk.deadletter"]);
+        let oversize = format!(
+            r#"{{"endpoint": "https://e.com/h", "payload": "{}"}}"#,
+            "x".repeat(2000)
+        );
+        assert_eq!(
+            topics_of(&process(&mut ingest, 3, &oversize)),
+            ["howk.deadletter"]
+        );
+
+        assert_eq!(
+            ingest.counters,
+            IngestCounters {
+                accepted: 1,
+                duplicates: 1,
+                invalid: 2
+            }
+        );
+    }
+}
