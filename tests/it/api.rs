@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::howk::Howk;
+use crate::helpers::own_broker::OwnBroker;
 use crate::helpers::sink::WebhookSink;
 use crate::helpers::wait_for;
 
@@ -362,61 +363,6 @@ async fn the_openapi_document_describes_every_route() {
         doc["components"]["securitySchemes"]["admin_token"]["scheme"],
         json!("bearer")
     );
-}
-
-/// A broker of one test's own, on a free port, so it can be stopped without disturbing the
-/// others. Stopped (and its data removed) on drop.
-struct OwnBroker {
-    port: u16,
-    data: tempfile::TempDir,
-}
-
-impl OwnBroker {
-    fn command(&self, action: &str) -> std::process::Output {
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
-            .arg(action)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("HOWK_DATA_DIR", self.data.path())
-            .output()
-            .expect("run scripts/kafka")
-    }
-
-    fn start() -> Self {
-        // The controller takes the next port: find a free pair.
-        let port = loop {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                break port;
-            }
-        };
-        let broker = Self {
-            port,
-            data: tempfile::tempdir().unwrap(),
-        };
-        let output = broker.command("start");
-        assert!(
-            output.status.success(),
-            "own broker did not start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        broker
-    }
-
-    fn stop(&self) {
-        let output = self.command("stop");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.command("stop");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

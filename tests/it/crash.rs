@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::helpers::howk::{Howk, count_outcome};
+use crate::helpers::own_broker::OwnBroker;
 use crate::helpers::sink::{Reply, WebhookSink};
 
 const WEBHOOKS: usize = 2000;
@@ -125,6 +126,56 @@ async fn a_clean_restart_keeps_its_stores_and_pending_retries() {
     assert_eq!(
         bodies,
         [br#"{"kept": true}"#.to_vec(), br#"{"kept": true}"#.to_vec()]
+    );
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_restart_loses_and_duplicates_nothing() {
+    let broker = OwnBroker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    let sink = WebhookSink::start().await;
+    let mut howk = Howk::new(&[("HOWK_KAFKA_BROKERS", &address)]).await;
+    howk.brokers = address.clone();
+    howk.start();
+    let batch = |from: usize| -> Vec<(String, Vec<u8>)> {
+        (from..from + 200)
+            .map(|n| {
+                let value = format!(
+                    r#"{{"endpoint": "{}", "payload": {{"n": {n}}}}}"#,
+                    sink.url(&format!("b{}", n % 5))
+                );
+                (format!("restart:{}", n % 11), value.into_bytes())
+            })
+            .collect()
+    };
+    howk.enqueue(&batch(0)).await;
+    let mut results = howk.tail("results");
+    results.until("the first 200", Duration::from_secs(60), |r| {
+        count_outcome(r, "delivered") >= 200
+    });
+
+    // The broker goes away under a running processor and comes back.
+    broker.stop();
+    broker.restart();
+    howk.enqueue(&batch(200)).await;
+    let mut results = howk.tail("results");
+    results.until("all 400 delivered", Duration::from_secs(120), |r| {
+        count_outcome(r, "delivered") >= 400
+    });
+    results.poll(Duration::from_millis(500));
+    let mut per_webhook: HashMap<String, usize> = HashMap::new();
+    for result in results.json() {
+        if result["outcome"] == "delivered" {
+            *per_webhook
+                .entry(result["webhook_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(per_webhook.len(), 400);
+    assert!(
+        per_webhook.values().all(|&n| n == 1),
+        "one delivered result each"
     );
     howk.stop();
 }

@@ -257,6 +257,15 @@ pub fn run<L: Log>(
                 }
                 tasks_ready.store(true, Ordering::Relaxed);
             }
+            Some(Event::Lost(partitions)) => {
+                // Dropped without a clean checkpoint: the next owner rebuilds their stores.
+                for partition in partitions {
+                    if tasks.remove(&partition).is_some() {
+                        metrics().tasks.dec();
+                        tracing::warn!(%partition, "task lost; its uncommitted work is redone");
+                    }
+                }
+            }
             Some(Event::Revoked(partitions)) => {
                 // The callback committed; what is still in flight is the next owner's.
                 for partition in partitions {

@@ -266,7 +266,7 @@ impl Howk {
     fn print_logs(&self) {
         for log in &self.logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            let tail: Vec<&str> = text.lines().rev().take(200).collect();
             eprintln!("---- {} (last lines) ----", log.display());
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");

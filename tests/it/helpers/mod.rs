@@ -91,5 +91,6 @@ where
 
 pub mod howk;
 pub mod lua;
+pub mod own_broker;
 pub mod receiver;
 pub mod sink;

@@ -384,21 +384,42 @@ impl ConsumerContext for MemberContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut staged = self.shared.staged.lock().expect("staged lock");
-            let result = commit_transaction(
-                &self.shared.producer,
-                Some(consumer),
-                &staged,
-                self.shared.timeout,
-            );
             let revoked = topic_partitions(list);
+            // A lost assignment (session expired, coordinator failover) cannot commit: abort.
+            // A commit that fails (a fenced member) has aborted too. Either way the work since
+            // the last commit is gone, and the tasks must not pretend otherwise.
+            let committed = if consumer.assignment_lost() {
+                tracing::warn!("assignment lost; aborting the open transaction");
+                let _ = self.shared.producer.abort_transaction(self.shared.timeout);
+                let _ = self.shared.producer.begin_transaction();
+                false
+            } else {
+                match commit_transaction(
+                    &self.shared.producer,
+                    Some(consumer),
+                    &staged,
+                    self.shared.timeout,
+                ) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(error = %error,
+                            "commit on revocation failed; the partitions' work is redone");
+                        false
+                    }
+                }
+            };
             staged.retain(|tp, _| !revoked.contains(tp));
-            if let Err(error) = result {
-                tracing::error!(error = %error, "commit on revocation failed");
-                *self.shared.failure.lock().expect("failure lock") = Some(error);
+            if !committed {
+                // Offsets staged for partitions we keep describe aborted work as well.
+                staged.clear();
             }
             if !revoked.is_empty() {
                 let mut events = self.shared.events.lock().expect("events lock");
-                events.push_back(Event::Revoked(revoked));
+                events.push_back(if committed {
+                    Event::Revoked(revoked)
+                } else {
+                    Event::Lost(revoked)
+                });
             }
         }
     }
@@ -516,6 +537,25 @@ impl GroupMember for KafkaMember {
     }
 }
 
+/// Errors a client recovers from by itself once the broker is back.
+fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
+}
+
 /// A reader's client context: end-of-partition is how a reader learns it caught up, not an
 /// error worth a log line.
 pub struct ReaderContext;
@@ -568,6 +608,12 @@ impl TopicReader for KafkaReader {
                     topic,
                     partition,
                 })))
+            }
+            // The broker is away (restarting, unreachable): librdkafka reconnects by itself, so
+            // the read goes on, bounded by its caller's deadline.
+            Some(Err(source)) if is_transient(&source) => {
+                tracing::debug!(error = %source, "reader waiting for the broker");
+                Ok(None)
             }
             Some(Err(source)) => Err(LogError::Kafka {
                 operation: "reading a partition",

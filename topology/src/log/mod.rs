@@ -71,6 +71,10 @@ pub enum Event {
     /// These partitions are gone: the open transaction was committed in the revocation callback,
     /// so their tasks close cleanly and drop what is still in flight.
     Revoked(Vec<TopicPartition>),
+    /// These partitions are gone and their uncommitted work with them (the assignment was lost,
+    /// or the revocation commit failed and was aborted): their tasks are dropped without a clean
+    /// checkpoint, so whoever takes them next rebuilds from the changelogs.
+    Lost(Vec<TopicPartition>),
     Record(Record),
 }
 

@@ -86,8 +86,15 @@ impl StatusStores {
             .insert(partition, store);
     }
 
-    fn unregister(&self, partition: i32) {
-        self.stores.write().expect("stores lock").remove(&partition);
+    /// Removes `store` if it is still the one registered for `partition`.
+    fn unregister(&self, partition: i32, store: &SharedStore) {
+        let mut stores = self.stores.write().expect("stores lock");
+        if stores
+            .get(&partition)
+            .is_some_and(|registered| Arc::ptr_eq(registered, store))
+        {
+            stores.remove(&partition);
+        }
     }
 
     /// How many partitions this instance serves.
@@ -252,6 +259,15 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// However the task ends (closed, lost, or its thread failed), the registry lets go of the
+/// store, so the RocksDB lock is released for the next owner in this process.
+impl Drop for StatusProcessor {
+    fn drop(&mut self) {
+        self.stores
+            .unregister(self.partition.partition, &self.store);
+    }
+}
+
 impl Processor for StatusProcessor {
     fn process(&mut self, record: Record, _ctx: &mut Context<'_>) -> Result<(), TaskError> {
         let mut store = self.store.lock().expect("status store lock");
@@ -264,7 +280,6 @@ impl Processor for StatusProcessor {
     }
 
     fn close(&mut self) -> Result<(), TaskError> {
-        self.stores.unregister(self.partition.partition);
         let store = self.store.lock().expect("status store lock");
         write_checkpoint(&store, &self.checkpoint, None, (self.readers)()?.as_mut())
     }
