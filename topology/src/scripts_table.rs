@@ -109,13 +109,16 @@ impl ScriptsTable {
 
     /// Makes `value` (a ScriptConfig, or `None` for a deletion) the latest of `config_id`.
     fn remember(&self, config_id: &str, value: Option<&[u8]>) {
-        let config = value.and_then(|bytes| match ScriptConfig::decode(bytes) {
-            Ok(config) => Some(config),
-            Err(error) => {
+        let config = match value.map(ScriptConfig::decode) {
+            None => None,
+            Some(Ok(config)) => Some(config),
+            // An invalid record is ignored, not taken as a deletion: dropping the script would
+            // send the tenant's webhooks out raw, untransformed.
+            Some(Err(error)) => {
                 tracing::warn!(config_id, error = %error, "ignoring an invalid script record");
-                None
+                return;
             }
-        });
+        };
         let mut latest = self.inner.latest.write().expect("latest lock");
         match config {
             Some(config) => {
@@ -355,6 +358,15 @@ mod tests {
             "x = 2"
         );
         assert!(table.as_of("wh:42:6", 3).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_invalid_script_record_keeps_the_current_script() {
+        let table = ScriptsTable::in_memory();
+        table.apply("shop", Some(&script("shop", "x = 1")), 1);
+        table.apply("shop", Some(b"not a script"), 2);
+        let current = table.lookup(&ConfigId::new("shop")).unwrap();
+        assert_eq!(current.config.lua_code, "x = 1");
     }
 
     #[tokio::test]
