@@ -130,7 +130,7 @@ pub fn start<L: Log>(
     }
 
     let settings = StageSettings {
-        topics,
+        topics: Arc::new(topics),
         data_dir: data_dir.join("tasks"),
         max_record_bytes: processing.max_record_bytes,
         default_max_attempts: config.retry.max_attempts,

@@ -301,7 +301,7 @@ impl Processor for DeliverProcessor {
                 "deliver task got a foreign completion".into(),
             ));
         };
-        let topics = self.shared.settings.topics.clone();
+        let topics = Arc::clone(&self.shared.settings.topics);
         let key = match *done {
             Done::CircuitOpen { key, retry_at_ms } => {
                 let Some(job) = self.finish(&key, offset) else {

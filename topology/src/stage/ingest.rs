@@ -7,6 +7,8 @@
 //! index `e ‖ expiry (BE) ‖ k-key` → empty, so the hourly punctuation deletes expired keys with
 //! one range scan. Its changelog is `howk-idempotency-changelog`, same partition.
 
+use std::sync::Arc;
+
 use howk_processor::ids::WebhookId;
 use howk_processor::record::internal::DeliveryRecord;
 use howk_processor::record::{Outcome, PendingContext, Webhook};
@@ -100,7 +102,7 @@ impl IngestProcessor {
 
 impl Processor for IngestProcessor {
     fn process(&mut self, record: Record, ctx: &mut Context<'_>) -> Result<(), TaskError> {
-        let topics = self.settings.topics.clone();
+        let topics = Arc::clone(&self.settings.topics);
         let raw = record.value.clone().unwrap_or_default();
         let decoded = match &record.value {
             None => Err(howk_processor::record::InvalidRecord(
@@ -210,7 +212,7 @@ mod tests {
                 .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
         });
         let settings = StageSettings {
-            topics: Topics::new(&kafka.topics),
+            topics: Arc::new(Topics::new(&kafka.topics)),
             data_dir: dir.to_path_buf(),
             max_record_bytes: 1024,
             default_max_attempts: 3,

@@ -60,7 +60,8 @@ impl Topics {
 /// Settings shared by the stages.
 #[derive(Debug, Clone)]
 pub struct StageSettings {
-    pub topics: Topics,
+    /// Shared: every task clones it per record it handles.
+    pub topics: Arc<Topics>,
     /// Where task stores live: `<data_dir>/<store>/<partition>`.
     pub data_dir: PathBuf,
     /// Largest `howk.pending` value accepted.
