@@ -189,6 +189,10 @@ impl Vm {
             },
         )?;
 
+        // Before the sandbox prelude freezes the string library: the pattern functions that
+        // stop at the deadline replace the C ones.
+        super::pattern::install(&lua, &context)?;
+
         let protected = |name: &str| -> mlua::Result<Table> {
             let mt = lua.create_table()?;
             mt.raw_set("__metatable", name)?;
@@ -231,6 +235,19 @@ impl Vm {
         host.raw_set(
             "aborted",
             lua.create_function(move |_, ()| Ok(abort_context.timed_out()))?,
+        )?;
+        // For sandbox loops whose iterations are single expensive C calls (chunked table
+        // functions): the instruction hook would fire only every few hundred of them.
+        let deadline_context = Rc::clone(&context);
+        host.raw_set(
+            "check_deadline",
+            lua.create_function(move |_, ()| {
+                if deadline_context.check_deadline() {
+                    Err(mlua::Error::runtime("script timeout"))
+                } else {
+                    Ok(())
+                }
+            })?,
         )?;
         let print_context = Rc::clone(&context);
         host.raw_set(

@@ -13,6 +13,7 @@
 //! - [`script`]: the script, its input and its output types
 //! - [`engine`]: the VM, compile cache, limits, and `execute`
 //! - `sandbox.lua`: the prelude that builds the read-only sandbox base, once per VM
+//! - `pattern`: Lua patterns (`find`, `match`, `gmatch`, `gsub`) that stop at the deadline
 //! - [`context`]: the execution in progress, shared with the hook and the modules
 //! - [`convert`]: JSON ↔ Lua without an intermediate tree
 //! - [`template`]: `${VAR}` resolution with the variable rules
@@ -24,10 +25,12 @@
 //! - [`pool`]: engine threads for async callers, with the watchdog for stuck library calls
 //! - [`config`]: the `lua` configuration section
 //!
-//! Known limit: a single call into a C library function cannot be interrupted by the hook. The
-//! memory limit bounds `string.rep` and friends, but a pathological pattern match
-//! (`string.find` with many `.-`) can run for seconds inside one call; [`pool`] abandons such an
-//! execution after its deadline plus a grace period and replaces its thread.
+//! Uninterruptible C calls. The hook only runs between Lua instructions, so a C library
+//! function that loops without allocating would escape both limits. The pattern functions are
+//! therefore [`pattern`]'s deadline-checking matcher, and `sandbox.lua` runs the table functions
+//! that loop over caller-given ranges in chunks. [`pool`] keeps a watchdog as the last line: an
+//! execution stuck past its deadline plus a grace period is abandoned, its thread replaced, up
+//! to a cap past which the pool reports itself degraded and refuses the offending script.
 
 pub mod config;
 pub mod context;
@@ -36,6 +39,7 @@ pub mod engine;
 pub mod error;
 pub mod modules;
 mod output;
+mod pattern;
 pub mod pool;
 pub mod report;
 pub mod script;

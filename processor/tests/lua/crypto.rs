@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn vectors() -> Value {
+pub fn vectors() -> Value {
     serde_json::from_str(include_str!("../fixtures/crypto/vectors.json")).unwrap()
 }
 
-fn keys(vectors: &Value) -> CryptoKeys {
+pub fn keys(vectors: &Value) -> CryptoKeys {
     let keys = vectors["keys"].as_object().unwrap();
     CryptoKeys::from_env(keys.iter().map(|(name, pem)| {
         (
@@ -24,13 +24,13 @@ fn keys(vectors: &Value) -> CryptoKeys {
     .unwrap()
 }
 
-fn engine_with_crypto(keys: CryptoKeys) -> LuaEngine {
+pub fn engine_with_crypto(keys: CryptoKeys) -> LuaEngine {
     let mut settings = LuaConfig::default().engine_settings(Arc::new(|_| None));
     settings.modules.push(Arc::new(CryptoModule::new(keys)));
     LuaEngine::new(settings)
 }
 
-fn decrypt_script(vector: &Value) -> String {
+pub fn decrypt_script(vector: &Value) -> String {
     format!(
         "local plain, err = crypto.decrypt_credential({:?}, {:?}, {:?}) \
          request.body = plain or ('ERR:' .. err)",

@@ -4,6 +4,9 @@
 mod helpers;
 
 mod crypto;
+mod escapes;
+mod fuzz;
+mod patterns;
 
 mod isolation;
 mod json;
