@@ -52,6 +52,14 @@ pub struct Metrics {
     pub consumer_lag: Gauge,
     /// API requests by route template and status.
     pub api_requests: Family<RouteLabels, Counter>,
+    /// Script engine threads abandoned in a stuck library call, since start.
+    pub script_threads_abandoned: Gauge,
+    /// Script engine threads stuck in a library call now.
+    pub script_threads_stuck: Gauge,
+    /// 1 when fewer engine threads serve than configured (stuck calls past the cap).
+    pub script_pool_degraded: Gauge,
+    /// Scripts refused for a while after their execution got stuck.
+    pub scripts_quarantined: Gauge,
 }
 
 impl Metrics {
@@ -73,6 +81,10 @@ impl Metrics {
             commits: Counter::default(),
             consumer_lag: Gauge::default(),
             api_requests: Family::default(),
+            script_threads_abandoned: Gauge::default(),
+            script_threads_stuck: Gauge::default(),
+            script_pool_degraded: Gauge::default(),
+            scripts_quarantined: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,10 +145,41 @@ impl Metrics {
             "API requests by route and status",
             metrics.api_requests.clone(),
         );
+        registry.register(
+            "script_threads_abandoned",
+            "Script engine threads abandoned in a library call past the deadline, since start",
+            metrics.script_threads_abandoned.clone(),
+        );
+        registry.register(
+            "script_threads_stuck",
+            "Script engine threads stuck in a library call now",
+            metrics.script_threads_stuck.clone(),
+        );
+        registry.register(
+            "script_pool_degraded",
+            "1 when fewer script engine threads serve than configured",
+            metrics.script_pool_degraded.clone(),
+        );
+        registry.register(
+            "scripts_quarantined",
+            "Scripts refused for a while after an execution got stuck",
+            metrics.scripts_quarantined.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Copies the script pool's health into its gauges (at scrape time).
+    pub fn record_script_pool(&self, health: &howk_processor::lua::pool::PoolHealth) {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.script_threads_abandoned
+            .set(gauge(health.abandoned_total));
+        self.script_threads_stuck.set(gauge(health.stuck));
+        self.script_pool_degraded.set(i64::from(health.degraded()));
+        self.scripts_quarantined
+            .set(gauge(health.quarantined_scripts));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -72,7 +72,10 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus (OpenMetrics) text format",
         content_type = "application/openmetrics-text")))]
-pub async fn metrics() -> impl IntoResponse {
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(pool) = &state.pool {
+        howk_topology::metrics::metrics().record_script_pool(&pool.health());
+    }
     (
         [(
             header::CONTENT_TYPE,
