@@ -78,6 +78,15 @@ fn special_purpose(address: IpAddr) -> Option<&'static str> {
                 Some("Teredo address")
             } else if segments[0] == 0x2001 && segments[1] == 0xdb8 {
                 Some("documentation address")
+            } else if (segments[0] & 0xffc0) == 0xfec0 {
+                // Deprecated (RFC 3879) but still routed as site-local by some stacks.
+                Some("site-local address")
+            } else if segments[..6] == [0; 6] {
+                // ::a.b.c.d (deprecated IPv4-compatible); :: and ::1 were caught above.
+                Some("IPv4-compatible address")
+            } else if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+                // ::ffff:0:a.b.c.d, SIIT's IPv4-translated form (RFC 6145).
+                Some("IPv4-translated address")
             } else if v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0) {
                 Some("unspecified address")
             } else {
@@ -204,6 +213,28 @@ mod tests {
         ] {
             assert!(refused(&policy, address), "{address} must be refused");
         }
+    }
+
+    #[test]
+    fn ipv4_embedded_in_old_ipv6_forms_and_site_local_are_refused() {
+        let policy = AddressPolicy::default();
+        for (address, reason) in [
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("::169.254.169.254", "IPv4-compatible"),
+            ("::10.0.0.1", "IPv4-compatible"),
+            ("::ffff:0:127.0.0.1", "IPv4-translated"),
+            ("::ffff:0:a9fe:a9fe", "IPv4-translated"),
+            ("fec0::1", "site-local"),
+            ("feff:ffff::1", "site-local"),
+        ] {
+            let refusal = policy.refusal(address.parse().unwrap());
+            assert!(
+                refusal.is_some_and(|r| r.contains(reason)),
+                "{address}: {refusal:?}"
+            );
+        }
+        // A public address beside them stays allowed.
+        assert!(!refused(&policy, "2606:4700::6810:84e5"));
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Bytes of a failed response body kept for the dead letter. Default 1024.
     pub response_body_bytes: usize,
+    /// An egress proxy every delivery goes through (`http://host:port`), for operators whose
+    /// network requires one. Default none, and the `HTTP(S)_PROXY`/`ALL_PROXY` environment is
+    /// never used: a proxy resolves endpoint names itself, out of reach of the SSRF rule. With
+    /// this set, howk still refuses IP-literal endpoints and names that resolve (from howk's
+    /// point of view) to refused addresses, but what the proxy then connects to is the proxy's
+    /// policy: deny private ranges there too. Name the proxy by IP or by a name that resolves to
+    /// an address the SSRF rule allows (or list its address in `allowed_cidrs`).
+    pub proxy: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -41,6 +49,7 @@ impl Default for DeliveryConfig {
             allowed_cidrs: Vec::new(),
             max_in_flight: 1000,
             response_body_bytes: 1024,
+            proxy: None,
         }
     }
 }
@@ -96,6 +105,8 @@ pub enum ClientBuildError {
     Cidrs(#[from] AddressPolicyError),
     #[error("cannot build the HTTP client")]
     Http(#[source] reqwest::Error),
+    #[error("delivery.proxy is not a usable proxy URL: {0}")]
+    Proxy(String),
 }
 
 /// Sends delivery requests; cheap to clone (one connection pool).
@@ -108,6 +119,8 @@ pub struct DeliveryClient {
     response_body_bytes: usize,
     /// `howk dev --dry`: log each request instead of sending it, answering 200.
     dry_run: bool,
+    /// `delivery.proxy` is set: endpoint names are checked here before the proxy sees them.
+    proxied: bool,
 }
 
 const USER_AGENT: &str = concat!("howk/", env!("CARGO_PKG_VERSION"));
@@ -118,13 +131,20 @@ impl DeliveryClient {
         templates: TemplateResolver,
     ) -> Result<Self, ClientBuildError> {
         let addresses = AddressPolicy::with_allowed(&config.allowed_cidrs)?;
-        let http = reqwest::Client::builder()
+        // `no_proxy` first: reqwest otherwise reads HTTP(S)_PROXY/ALL_PROXY from the
+        // environment, and a proxy would resolve endpoint names past the SSRF check (review H6).
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(CheckedResolver::new(addresses.clone()))
             .timeout(config.timeout)
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(ClientBuildError::Http)?;
+            .pool_max_idle_per_host(64);
+        if let Some(proxy) = &config.proxy {
+            let proxy = reqwest::Proxy::all(proxy.as_str())
+                .map_err(|error| ClientBuildError::Proxy(error.to_string()))?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(ClientBuildError::Http)?;
         Ok(Self {
             http,
             addresses,
@@ -132,6 +152,7 @@ impl DeliveryClient {
             timeout: config.timeout,
             response_body_bytes: config.response_body_bytes,
             dry_run: false,
+            proxied: config.proxy.is_some(),
         })
     }
 
@@ -203,6 +224,9 @@ impl DeliveryClient {
         parts: RequestParts<'_>,
     ) -> Result<Response, SendError> {
         let url = self.url(webhook, &parts)?;
+        if self.proxied && !self.dry_run {
+            self.check_name_before_proxy(&url).await?;
+        }
         let body = parts
             .body
             .clone()
@@ -280,6 +304,29 @@ impl DeliveryClient {
             retry_after,
             body_prefix,
         })
+    }
+
+    /// Through a proxy the connection's resolver only sees the proxy's name, so the endpoint's
+    /// name is resolved and checked here first. The proxy resolves it again and may get another
+    /// answer (DNS rebinding): that residue is the proxy's policy to close (see `proxy`).
+    async fn check_name_before_proxy(&self, url: &reqwest::Url) -> Result<(), SendError> {
+        let host = url.host_str().unwrap_or_default();
+        if host.is_empty() || host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(()); // IP literals were checked in `url`.
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addresses = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|error| SendError::Transport(format!("cannot resolve {host}: {error}")))?;
+        for address in addresses {
+            if let Some(reason) = self.addresses.refusal(address.ip()) {
+                return Err(SendError::Refused(format!(
+                    "{host} resolves to {}, a {reason}",
+                    address.ip()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Reads at most `response_body_bytes` of a body, dropping the rest with the connection.
