@@ -43,6 +43,12 @@ const SCRIPT_QUEUE_PER_THREAD: usize = 64;
 const DEV_ALLOWED_CIDRS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 pub async fn run(config: HowkConfig, mode: Mode, serve_api: bool) -> anyhow::Result<()> {
+    if mode == Mode::Kafka {
+        if serve_api {
+            require_admin_auth(&config)?;
+        }
+        warn_open_env(&config);
+    }
     let engines = engines(&config, mode)?;
     match mode {
         Mode::Kafka => {
@@ -112,6 +118,8 @@ async fn run_on<L: Log>(
 
 /// `howk api`: the REST API alone on Kafka, with its own copy of the scripts table.
 pub async fn api_only(config: HowkConfig) -> anyhow::Result<()> {
+    require_admin_auth(&config)?;
+    warn_open_env(&config);
     let engines = engines(&config, Mode::Kafka)?;
     let log = Arc::new(KafkaLog::new(config.kafka.clone()));
     check_topics(&log, &config)?;
@@ -141,6 +149,33 @@ pub async fn api_only(config: HowkConfig) -> anyhow::Result<()> {
     scripts.stop();
     let _ = tokio::task::spawn_blocking(move || loader.join()).await;
     Ok(())
+}
+
+/// Script routes can read and replace every tenant's script and run any script against the
+/// process's crypto keys: on Kafka they need `api.admin_token`, or an explicit opt-out.
+pub fn require_admin_auth(config: &HowkConfig) -> anyhow::Result<()> {
+    if config.api.admin_token.is_none() && !config.api.allow_unauthenticated_admin {
+        anyhow::bail!(
+            "refusing to serve the script routes without authentication: set api.admin_token \
+             (HOWK_API_ADMIN_TOKEN), or api.allow_unauthenticated_admin=true \
+             (HOWK_API_ALLOW_UNAUTHENTICATED_ADMIN) if the API is reachable only by operators"
+        );
+    }
+    if config.api.admin_token.is_none() {
+        tracing::warn!("script routes are open: api.allow_unauthenticated_admin is set");
+    }
+    Ok(())
+}
+
+/// Said once at start: without `lua.env_allowlist`, `${VAR}` in a script_config may resolve
+/// any environment variable of the process but `HOWK_*`.
+fn warn_open_env(config: &HowkConfig) {
+    if config.lua.env_allowlist.is_empty() {
+        tracing::warn!(
+            "lua.env_allowlist is empty: scripts' ${{VAR}} templates may resolve any \
+             environment variable not starting with HOWK_; list the ones tenants may use"
+        );
+    }
 }
 
 fn api_state(

@@ -63,15 +63,18 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// `Authorization: Bearer <api.admin_token>` on script routes, when a token is configured.
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.config.admin_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let given = bearer(request.headers()).unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "admin token required").into_response();
         }
@@ -80,7 +83,7 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

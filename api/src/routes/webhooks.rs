@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use howk_processor::ids::{ConfigId, WebhookId};
@@ -154,6 +154,24 @@ fn prepare(state: &AppState, config_id: &str, body: &[u8]) -> Result<(String, Ve
     Ok((id.as_str().to_owned(), record))
 }
 
+/// With ingress tokens configured, the request's token must cover the config's namespace: 401
+/// without a known token, 403 with one for other namespaces.
+fn authorize(state: &AppState, headers: &HeaderMap, config_id: &str) -> Result<(), ApiError> {
+    let grant = state.config.ingress_grant(crate::bearer(headers));
+    if grant.allows(howk_processor::ids::namespace(config_id)) {
+        return Ok(());
+    }
+    Err(match grant {
+        crate::config::Grant::None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "an ingress token is required")
+        }
+        _ => ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token may not enqueue to namespace {config_id:?}"),
+        ),
+    })
+}
+
 fn pending_record(state: &AppState, config_id: &str, value: Vec<u8>) -> OutRecord {
     OutRecord {
         topic: state.topics.pending.clone(),
@@ -170,6 +188,8 @@ fn pending_record(state: &AppState, config_id: &str, value: Vec<u8>) -> OutRecor
     responses(
         (status = 202, body = Enqueued),
         (status = 400, description = "invalid webhook"),
+        (status = 401, description = "ingress tokens are configured and none was given"),
+        (status = 403, description = "the token does not cover this namespace"),
         (status = 413, description = "body over api.max_request_size"),
         (status = 422, description = "require_script and no script"),
         (status = 503, description = "Kafka cannot take it; nothing accepted"),
@@ -177,8 +197,10 @@ fn pending_record(state: &AppState, config_id: &str, value: Vec<u8>) -> OutRecor
 pub async fn enqueue(
     State(state): State<AppState>,
     Path(config_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+    authorize(&state, &headers, &config_id)?;
     let (webhook_id, value) = prepare(&state, &config_id, &body)?;
     state
         .ingress
@@ -202,6 +224,8 @@ pub async fn enqueue(
     responses(
         (status = 202, body = BatchEnqueued),
         (status = 400, description = "invalid batch or item (`index` names it)"),
+        (status = 401, description = "ingress tokens are configured and none was given"),
+        (status = 403, description = "the token does not cover this namespace"),
         (status = 413, description = "body over api.max_request_size"),
         (status = 422, description = "an item has require_script and no script"),
         (status = 503, description = "Kafka cannot take them; nothing accepted"),
@@ -209,8 +233,10 @@ pub async fn enqueue(
 pub async fn enqueue_batch(
     State(state): State<AppState>,
     Path(config_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<BatchEnqueued>), ApiError> {
+    authorize(&state, &headers, &config_id)?;
     let batch: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body must be {{\"webhooks\": [...]}}: {e}")))?;
     if batch.webhooks.is_empty() || batch.webhooks.len() > MAX_BATCH {
@@ -255,13 +281,23 @@ pub async fn enqueue_batch(
     params(("webhook_id" = String, Path, description = "`wh_…`")),
     responses(
         (status = 200, body = WebhookStatusBody),
-        (status = 404, description = "unknown (or not yet processed)"),
+        (status = 401, description = "ingress tokens are configured and none was given"),
+        (status = 404, description = "unknown, not yet processed, or of a namespace the token \
+            does not cover"),
         (status = 503, description = "this process runs no status stage (`howk api`)"),
     ))]
 pub async fn status(
     State(state): State<AppState>,
     Path(webhook_id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<WebhookStatus>, ApiError> {
+    let grant = state.config.ingress_grant(crate::bearer(&headers));
+    if grant == crate::config::Grant::None {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "an ingress token is required",
+        ));
+    }
     let Some(topology) = &state.topology else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,8 +305,15 @@ pub async fn status(
         ));
     };
     match topology.status.status(&webhook_id) {
-        Ok(Some(status)) => Ok(Json(status)),
-        Ok(None) => Err(ApiError::not_found(format!("no webhook {webhook_id}"))),
+        // Another namespace's webhook looks like no webhook at all.
+        Ok(Some(status))
+            if status.config_id.as_deref().is_none_or(|config_id| {
+                grant.allows(howk_processor::ids::namespace(config_id))
+            }) =>
+        {
+            Ok(Json(status))
+        }
+        Ok(_) => Err(ApiError::not_found(format!("no webhook {webhook_id}"))),
         Err(error) => Err(ApiError::internal(&error)),
     }
 }
@@ -280,6 +323,9 @@ pub async fn status(
 #[allow(dead_code)]
 pub struct WebhookStatusBody {
     webhook_id: String,
+    /// The config the webhook was enqueued for: its status belongs to it (a later webhook of
+    /// another config_id with the same id does not change it).
+    config_id: Option<String>,
     /// `pending`, `delivered`, `failed` (retry scheduled) or `exhausted` (dead-lettered).
     state: String,
     attempts: u32,

@@ -1,5 +1,6 @@
 //! The `lua` configuration section (SPEC §8): whether scripts run, and their limits.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,11 @@ pub struct LuaConfig {
     /// Address ranges the `http` module may reach although they are loopback, private or
     /// link-local (`127.0.0.0/8` in tests). Default empty.
     pub http_allowed_cidrs: Vec<String>,
+    /// Crypto key name → the namespaces whose scripts may use it. A key without an entry is
+    /// usable by every namespace (as in HOWK); a namespace outside its list gets
+    /// `crypto_key_not_found`, as if the key did not exist. Default empty. Through the
+    /// environment: `HOWK_LUA_CRYPTO_KEY_SCOPES` as JSON (`{"PARTNER": ["shop"]}`).
+    pub crypto_key_scopes: BTreeMap<String, Vec<String>>,
 }
 
 /// A module that could not be set up from the configuration.
@@ -79,6 +85,7 @@ impl Default for LuaConfig {
             http_cache_enabled: false,
             http_cache_ttl: Duration::from_secs(300),
             http_allowed_cidrs: Vec::new(),
+            crypto_key_scopes: BTreeMap::new(),
         }
     }
 }
@@ -119,7 +126,7 @@ impl LuaConfig {
         Ok(vec![
             Arc::new(KvModule::new(kv, self.kv_ttl_default, self.kv_timeout)),
             Arc::new(HttpModule::new(http, io).map_err(ModuleSetupError::HttpClient)?),
-            Arc::new(CryptoModule::new(keys)),
+            Arc::new(CryptoModule::new(keys.with_scopes(&self.crypto_key_scopes))),
         ])
     }
 }

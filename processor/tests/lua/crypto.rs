@@ -126,3 +126,48 @@ fn pem_with_escaped_newlines_loads() {
     let keys = CryptoKeys::from_env([("HOWK_LUA_CRYPTO_PRIMARY", pem)]).unwrap();
     assert_eq!(keys.names().collect::<Vec<_>>(), ["PRIMARY"]);
 }
+
+#[test]
+fn a_scoped_key_serves_only_its_namespaces_and_looks_missing_to_others() {
+    let vectors = vectors();
+    let vector = &vectors["vectors"][0];
+    let name = vector["key_name"].as_str().unwrap().to_owned();
+    let scopes = std::collections::BTreeMap::from([(name.to_lowercase(), vec!["music".into()])]);
+    let mut settings = LuaConfig::default().engine_settings(Arc::new(|_| None));
+    settings.modules.push(Arc::new(CryptoModule::new(
+        keys(&vectors).with_scopes(&scopes),
+    )));
+    let mut engine = LuaEngine::new(settings);
+    let webhook = |config_id: &str| Webhook {
+        config_id: config_id.into(),
+        ..Webhook::default()
+    };
+
+    let allowed = run_on(&mut engine, &decrypt_script(vector), &webhook("music:10")).unwrap();
+    assert_eq!(
+        allowed.body.as_deref(),
+        Some(vector["plaintext"].as_str().unwrap().as_bytes())
+    );
+    let refused = run_on(&mut engine, &decrypt_script(vector), &webhook("shop:1")).unwrap();
+    let body = String::from_utf8(refused.body.unwrap()).unwrap();
+    assert_eq!(body, format!("ERR:crypto key not found: {name}"));
+    // Raised, it is the same error type as a key that does not exist.
+    let error = run_on(
+        &mut engine,
+        &format!(
+            "assert(crypto.decrypt_credential({name:?}, {:?}, {:?}))",
+            vector["sym_key_b64"].as_str().unwrap(),
+            vector["data_b64"].as_str().unwrap()
+        ),
+        &webhook("shop:1"),
+    )
+    .unwrap_err();
+    assert_eq!(error.kind, ScriptErrorKind::CryptoKeyNotFound);
+}
+
+#[test]
+fn the_scopes_variable_is_not_taken_for_a_key() {
+    let keys =
+        CryptoKeys::from_env([("HOWK_LUA_CRYPTO_KEY_SCOPES", r#"{"PARTNER": ["shop"]}"#)]).unwrap();
+    assert_eq!(keys.names().count(), 0);
+}

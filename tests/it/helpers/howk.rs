@@ -77,6 +77,8 @@ impl Howk {
         let api_port = free_port();
         env.push(("HOWK_API_HOST".into(), "127.0.0.1".into()));
         env.push(("HOWK_API_PORT".into(), api_port.to_string()));
+        // Tests reach the script routes without a token unless they set one.
+        env.push(("HOWK_API_ALLOW_UNAUTHENTICATED_ADMIN".into(), "true".into()));
         for (key, value) in extra {
             env.retain(|(k, _)| k != key);
             env.push((key.to_string(), value.to_string()));
@@ -99,7 +101,7 @@ impl Howk {
         howk
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_howk"));
         command.args(args);
         for (key, value) in &self.env {
@@ -330,7 +332,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    fn new(brokers: &str, topic: &str) -> Self {
+    pub fn new(brokers: &str, topic: &str) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", unique("tail"))

@@ -29,6 +29,11 @@ use crate::restore::{open_store, replay, write_checkpoint};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookStatus {
     pub webhook_id: String,
+    /// The config_id of the first result for this id. A caller may choose a webhook's `id`, so
+    /// results of another config_id with the same id are not folded into this status: one
+    /// tenant cannot overwrite another's. (None only in statuses stored before this field.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_id: Option<String>,
     pub state: String,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,6 +201,7 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
         .and_then(|bytes| serde_json::from_slice::<WebhookStatus>(&bytes).ok())
         .unwrap_or_else(|| WebhookStatus {
             webhook_id: result.webhook_id.clone(),
+            config_id: Some(result.config_id.clone()),
             state: "pending".into(),
             attempts: 0,
             last_attempt_at: None,
@@ -204,6 +210,16 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
             next_retry_at: None,
             delivered_at: None,
         });
+    let owner = status
+        .config_id
+        .get_or_insert_with(|| result.config_id.clone());
+    let spoofed = *owner != result.config_id;
+    if spoofed {
+        tracing::warn!(
+            webhook_id = %result.webhook_id,
+            "a result of another config_id reuses this webhook id; its status is not changed"
+        );
+    }
     let mut bucket = Counters::default();
     let attempt_made = |status: &mut WebhookStatus| {
         status.attempts = status.attempts.max(result.attempt + 1);
@@ -234,10 +250,12 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
         Outcome::CircuitOpen => status.next_retry_at = result.next_retry_at.clone(),
         Outcome::Duplicate => {}
     }
-    store.put(
-        &key,
-        &serde_json::to_vec(&status).expect("status serializes"),
-    );
+    if !spoofed {
+        store.put(
+            &key,
+            &serde_json::to_vec(&status).expect("status serializes"),
+        );
+    }
 
     let at_ms = chrono::DateTime::parse_from_rfc3339(&result.timestamp)
         .map(|t| t.timestamp_millis())

@@ -30,6 +30,9 @@ use super::{LuaModule, ModuleContext};
 /// Environment variables holding private keys: `HOWK_LUA_CRYPTO_{NAME}`.
 pub const KEY_VARIABLE_PREFIX: &str = "HOWK_LUA_CRYPTO_";
 
+/// `lua.crypto_key_scopes` through the environment; under the key prefix, but not a key.
+pub const SCOPES_VARIABLE: &str = "HOWK_LUA_CRYPTO_KEY_SCOPES";
+
 type Aes192Gcm = AesGcm<aes_gcm::aes::Aes192, U12>;
 
 /// A key variable that does not hold a usable key.
@@ -46,6 +49,8 @@ pub struct CryptoKeyError {
 #[derive(Default, Clone)]
 pub struct CryptoKeys {
     keys: HashMap<String, Arc<PrivateKey>>,
+    /// Upper-case key name → namespaces allowed to use it; a key without an entry serves all.
+    scopes: Arc<HashMap<String, Vec<String>>>,
 }
 
 impl std::fmt::Debug for CryptoKeys {
@@ -70,13 +75,40 @@ impl CryptoKeys {
             let Some(name) = variable.strip_prefix(KEY_VARIABLE_PREFIX) else {
                 continue;
             };
+            if variable == SCOPES_VARIABLE {
+                continue;
+            }
             let key = parse_pem(value.as_ref()).map_err(|reason| CryptoKeyError {
                 variable: variable.to_owned(),
                 reason,
             })?;
             keys.insert(name.to_ascii_uppercase(), Arc::new(key));
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            scopes: Arc::default(),
+        })
+    }
+
+    /// Limits keys to namespaces (`lua.crypto_key_scopes`: key name → namespaces).
+    pub fn with_scopes<'a>(
+        mut self,
+        scopes: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
+    ) -> Self {
+        self.scopes = Arc::new(
+            scopes
+                .into_iter()
+                .map(|(name, namespaces)| (name.to_ascii_uppercase(), namespaces.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Whether scripts of `namespace` may use the key `name` (true for an unscoped key).
+    pub fn allowed(&self, name: &str, namespace: &str) -> bool {
+        self.scopes
+            .get(&name.to_ascii_uppercase())
+            .is_none_or(|namespaces| namespaces.iter().any(|ns| ns == namespace || ns == "*"))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -181,8 +213,12 @@ impl LuaModule for CryptoModule {
                     mlua::LuaString,
                 )| {
                     let name = name.to_string_lossy();
-                    let result =
-                        keys.decrypt_credential(&name, &sym_key.as_bytes(), &data.as_bytes());
+                    // A key outside the namespace's scope looks exactly like a missing one.
+                    let result = if keys.allowed(&name, &execution.namespace()) {
+                        keys.decrypt_credential(&name, &sym_key.as_bytes(), &data.as_bytes())
+                    } else {
+                        Err(DecryptError::KeyNotFound(name.to_string()))
+                    };
                     Ok(match result {
                         Ok(plaintext) => {
                             MultiValue::from_iter([Value::String(lua.create_string(plaintext)?)])
