@@ -201,8 +201,18 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
             "must be longer than zero",
         ));
     }
-    if config.processing.max_record_bytes == 0 {
-        return Err(key("processing.max_record_bytes", "must be at least 1"));
+    if config.processing.max_record_bytes == 0
+        || config.processing.max_record_bytes > howk_topology::log::MAX_INPUT_RECORD_BYTES
+    {
+        return Err(key(
+            "processing.max_record_bytes",
+            &format!(
+                "must be 1 to {} (half the {}-byte record budget, so records derived from a \
+                 webhook fit)",
+                howk_topology::log::MAX_INPUT_RECORD_BYTES,
+                howk_topology::log::MAX_MESSAGE_BYTES
+            ),
+        ));
     }
     if config.delivery.max_in_flight == 0 {
         return Err(key("delivery.max_in_flight", "must be at least 1"));
@@ -230,7 +240,8 @@ fn env_name(path: &str) -> String {
 
 fn collect_leaves(value: &Value, prefix: String, out: &mut Vec<(String, Value)>) {
     match value {
-        Value::Object(map) => {
+        // A map that is empty by default (token → namespaces) is one leaf, set as JSON.
+        Value::Object(map) if !map.is_empty() => {
             for (key, child) in map {
                 let path = if prefix.is_empty() {
                     key.clone()
@@ -280,6 +291,10 @@ fn parse_env_value(text: &str, default: &Value) -> Result<Value, String> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
         }
+        Value::Object(_) => match serde_json::from_str::<Value>(text) {
+            Ok(value @ Value::Object(_)) => Ok(value),
+            _ => Err("expected a JSON object".to_owned()),
+        },
         // Strings, durations (`10s`), and optional values that default to null.
         _ => Ok(Value::String(text.to_owned())),
     }
@@ -382,6 +397,36 @@ mod tests {
         assert!(!lua.enabled);
         assert_eq!(lua.env_allowlist, ["PARTNER_*", "OTHER"]);
         assert_eq!(lua.memory_limit_mb, 8);
+    }
+
+    #[test]
+    fn security_maps_come_from_json_in_the_environment() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("HOWK_API_INGRESS_TOKENS", r#"{"tok-a": ["shop", "music"]}"#),
+                ("HOWK_LUA_CRYPTO_KEY_SCOPES", r#"{"PARTNER": ["shop"]}"#),
+                ("HOWK_API_ALLOW_UNAUTHENTICATED_ADMIN", "true"),
+                ("HOWK_DELIVERY_PROXY", "http://10.0.0.5:3128"),
+            ]),
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let config = loaded.config;
+        assert_eq!(config.api.ingress_tokens["tok-a"], ["shop", "music"]);
+        assert_eq!(config.lua.crypto_key_scopes["PARTNER"], ["shop"]);
+        assert!(config.api.allow_unauthenticated_admin);
+        assert_eq!(
+            config.delivery.proxy.as_deref(),
+            Some("http://10.0.0.5:3128")
+        );
+        let error = load_from(None, &env(&[("HOWK_API_INGRESS_TOKENS", "tok-a=shop")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("HOWK_API_INGRESS_TOKENS"), "{error}");
+        // The tokens never reach a Debug rendering of the configuration.
+        let debug = format!("{:?}", config.api);
+        assert!(!debug.contains("tok-a"), "{debug}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub fn start<L: Log>(
         commit_interval: processing.commit_interval,
         punctuate_interval: Duration::from_millis(100),
         shutdown_grace: processing.shutdown_grace,
+        dead_letter_topic: Arc::from(config.kafka.topics.deadletter.as_str()),
     };
     tracing::info!(group = %stream.group, instance_id = %stream.instance_id, "processing");
     let shutdown = Arc::new(AtomicBool::new(false));

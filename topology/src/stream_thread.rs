@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::log::{Event, GroupMember, Log, LogError, OutRecord, Record, TopicPartition};
-use crate::metrics::metrics;
+use crate::log::{
+    Event, GroupMember, Log, LogError, MAX_MESSAGE_BYTES, OutRecord, Record, TopicPartition,
+    record_bytes,
+};
+use crate::metrics::{ReasonLabel, metrics};
 use crate::processor::{Completion, CompletionSender, Context, Processor, TaskError};
 
 /// Makes the processor of each assigned partition.
@@ -50,7 +53,12 @@ pub struct StreamConfig {
     /// On shutdown, how long in-flight deliveries may finish before the thread commits what is
     /// done and leaves the rest to the next start.
     pub shutdown_grace: Duration,
+    /// Where an output too large to write goes instead, as a dead letter.
+    pub dead_letter_topic: Arc<str>,
 }
+
+/// The largest output sent as it is: the log's budget less room for a record's own fields.
+const MAX_OUTPUT_BYTES: usize = MAX_MESSAGE_BYTES - 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadError {
@@ -82,6 +90,7 @@ struct Task {
     /// of a finished record are sent only when every record before it is finished too.
     slots: VecDeque<Slot>,
     paused: bool,
+    dead_letter_topic: Arc<str>,
 }
 
 struct Slot {
@@ -146,8 +155,40 @@ impl Task {
             .punctuate(&mut ctx)
             .map_err(|e| self.failed(e))?;
         for output in outputs {
-            member.send(output)?;
+            self.send(member, output)?;
         }
+        Ok(())
+    }
+
+    /// Sends one output. One too large for the log becomes an `invalid_record` dead letter with
+    /// its first bytes in its place: a record that cannot be written must not fail the thread,
+    /// which would redo (and re-POST) the partition's work in a loop forever (review C2). The
+    /// stages keep their outputs within the budget; this is the net under them.
+    fn send(&self, member: &mut impl GroupMember, output: OutRecord) -> Result<(), ThreadError> {
+        let bytes = record_bytes(&output);
+        if bytes <= MAX_OUTPUT_BYTES {
+            return Ok(member.send(output)?);
+        }
+        tracing::error!(partition = %self.partition, topic = %output.topic, bytes,
+            "an output is over the record budget; dead-lettering it instead");
+        metrics()
+            .dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: "invalid_record".into(),
+            })
+            .inc();
+        let raw = output.value.unwrap_or_default();
+        let reason = format!(
+            "a record of {bytes} bytes for {} is over the {MAX_OUTPUT_BYTES}-byte budget",
+            output.topic
+        );
+        let letter = crate::stage::invalid_record_letter(&raw, reason, now_ms());
+        member.send(OutRecord {
+            topic: Arc::clone(&self.dead_letter_topic),
+            partition: None,
+            key: output.key,
+            value: Some(serde_json::to_vec(&letter).expect("a dead letter serializes")),
+        })?;
         Ok(())
     }
 
@@ -157,7 +198,7 @@ impl Task {
         while self.slots.front().is_some_and(|slot| slot.done) {
             let slot = self.slots.pop_front().expect("checked above");
             for output in slot.outputs {
-                member.send(output)?;
+                self.send(member, output)?;
             }
             next = Some(slot.offset + 1);
         }
@@ -252,6 +293,7 @@ pub fn run<L: Log>(
                             generation,
                             slots: VecDeque::new(),
                             paused: false,
+                            dead_letter_topic: Arc::clone(&config.dead_letter_topic),
                         },
                     );
                 }
@@ -328,4 +370,126 @@ pub fn run<L: Log>(
     }
     tracing::info!("stream thread stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::embedded::EmbeddedLog;
+    use crate::log::{ReadEvent, TopicReader};
+    use crate::topics::TopicSpec;
+
+    /// Echoes each record to `out`; the value `big` becomes an output over the budget.
+    struct Echo;
+
+    impl Processor for Echo {
+        fn process(&mut self, record: Record, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+            let value = record.value.unwrap_or_default();
+            let value = if &value[..] == b"big" {
+                vec![b'x'; MAX_MESSAGE_BYTES + 1]
+            } else {
+                value.to_vec()
+            };
+            ctx.send(&Arc::from("out"), b"k".to_vec(), value);
+            Ok(())
+        }
+
+        fn close(&mut self) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+
+    struct EchoFactory;
+
+    impl TaskFactory for EchoFactory {
+        fn topics(&self) -> Vec<Arc<str>> {
+            vec![Arc::from("in")]
+        }
+
+        fn create(
+            &self,
+            _: &TopicPartition,
+            _: Option<i64>,
+            _: CompletionSender,
+        ) -> Result<Box<dyn Processor>, TaskError> {
+            Ok(Box::new(Echo))
+        }
+    }
+
+    fn values(log: &EmbeddedLog, topic: &str) -> Vec<Vec<u8>> {
+        let mut reader = log.reader().unwrap();
+        reader
+            .assign(&[(TopicPartition::new(topic, 0), 0)])
+            .unwrap();
+        let mut values = Vec::new();
+        while let Some(ReadEvent::Record(record)) = reader.poll(Duration::from_millis(10)).unwrap()
+        {
+            values.push(record.value.unwrap_or_default().to_vec());
+        }
+        values
+    }
+
+    #[test]
+    fn an_output_over_the_budget_is_dead_lettered_and_the_thread_goes_on() {
+        let spec = |name: &str| TopicSpec {
+            name: name.into(),
+            partitions: 1,
+            compacted: false,
+        };
+        let log =
+            Arc::new(EmbeddedLog::open(None, &[spec("in"), spec("out"), spec("dead")]).unwrap());
+        let input: Arc<str> = Arc::from("in");
+        log.produce(
+            ["a", "big", "b"]
+                .iter()
+                .map(|value| OutRecord {
+                    topic: Arc::clone(&input),
+                    partition: Some(0),
+                    key: b"k".to_vec(),
+                    value: Some(value.as_bytes().to_vec()),
+                })
+                .collect(),
+        )
+        .unwrap();
+        let config = StreamConfig {
+            group: "g".into(),
+            instance_id: "i".into(),
+            commit_interval: Duration::from_millis(10),
+            punctuate_interval: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(1),
+            dead_letter_topic: Arc::from("dead"),
+        };
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (log, shutdown) = (Arc::clone(&log), Arc::clone(&shutdown));
+            std::thread::spawn(move || {
+                run(
+                    &*log,
+                    &EchoFactory,
+                    &config,
+                    100,
+                    &shutdown,
+                    &AtomicBool::new(false),
+                )
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while values(&log, "out").len() < 2 {
+            assert!(Instant::now() < deadline, "outputs never arrived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shutdown.store(true, Ordering::Relaxed);
+        thread.join().unwrap().expect("the thread ends cleanly");
+
+        assert_eq!(values(&log, "out"), [b"a".to_vec(), b"b".to_vec()]);
+        let letters = values(&log, "dead");
+        assert_eq!(letters.len(), 1);
+        let letter: serde_json::Value = serde_json::from_slice(&letters[0]).unwrap();
+        assert_eq!(letter["reason_type"], "invalid_record");
+        assert!(
+            letter["reason"].as_str().unwrap().contains("budget"),
+            "{letter}"
+        );
+        assert_eq!(letter["webhook"]["raw_bytes"], MAX_MESSAGE_BYTES + 1);
+    }
 }

@@ -13,13 +13,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
+use crate::log::MAX_MESSAGE_BYTES;
 use crate::log::kafka::{KafkaClientError, check_reachable, client_config};
 
 /// State stores that keep a changelog topic (the status store's changelog is `howk.results`).
 pub const CHANGELOG_STORES: [&str; 3] = ["idempotency", "circuit", "timers"];
 
-/// `max.message.bytes` of the pending topic (8 MiB), above `processing.max_record_bytes`.
-pub const PENDING_MAX_MESSAGE_BYTES: &str = "8388608";
+/// `max.message.bytes` of every howk topic: the producers' record budget
+/// ([`MAX_MESSAGE_BYTES`]) plus room for a record batch's own fields. Oversize webhooks reach
+/// the ingest stage, which dead-letters them with a reason; derived records always fit.
+pub fn topic_max_message_bytes() -> String {
+    (MAX_MESSAGE_BYTES + 64 * 1024).to_string()
+}
 
 /// One topic howk needs: its name, layout and whether it is compacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +107,7 @@ pub async fn create_topics(
     }
 
     let specs = catalogue(config);
+    let max_message_bytes = topic_max_message_bytes();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {
@@ -110,12 +116,9 @@ pub async fn create_topics(
                 spec.partitions,
                 TopicReplication::Fixed(config.replication_factor),
             );
+            let topic = topic.set("max.message.bytes", &max_message_bytes);
             if spec.compacted {
                 topic.set("cleanup.policy", "compact")
-            } else if spec.name == config.topics.pending {
-                // Oversize webhooks must reach the ingest stage, which dead-letters them with a
-                // reason, instead of failing at the producer with a bare size error.
-                topic.set("max.message.bytes", PENDING_MAX_MESSAGE_BYTES)
             } else {
                 topic
             }

@@ -85,8 +85,9 @@ impl From<ScriptErrorKind> for ReasonType {
 /// One record of `howk.deadletter`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
-    /// The webhook as accepted, redacted; for an invalid record, what could be read of it.
-    pub webhook: serde_json::Value,
+    /// The webhook as accepted, redacted; for an invalid record, what could be read of it. Raw
+    /// JSON, so a JSON payload keeps its exact bytes (number text, key order, escapes).
+    pub webhook: Box<serde_json::value::RawValue>,
     pub reason_type: ReasonType,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,26 +127,30 @@ pub fn is_secret_header(name: &str) -> bool {
     .any(|word| name.contains(word))
 }
 
-/// The webhook as a dead letter shows it: SPEC field names, payload as raw JSON (or
-/// `payload_base64`), `signing_secret` removed, credential headers redacted.
-pub fn redacted_webhook(webhook: &Webhook) -> serde_json::Value {
+/// The webhook as a dead letter shows it: SPEC field names, payload as the exact JSON bytes it
+/// was accepted with (or `payload_base64`), `signing_secret` removed, credential headers
+/// redacted.
+///
+/// The payload is spliced in as raw text, never parsed into a `Value` and written again: that
+/// would turn `1.50` into `1.5`, 30-digit integers into floats, reorder keys, and let `1e5`
+/// grow into `100000.0` — a re-driven webhook must carry the bytes it was accepted with, and a
+/// dead letter must not outgrow its webhook (review M5, C2).
+pub fn redacted_webhook(webhook: &Webhook) -> Box<serde_json::value::RawValue> {
     let mut object = serde_json::Map::new();
     object.insert("id".into(), webhook.id.as_str().into());
     object.insert("config_id".into(), webhook.config_id.as_str().into());
     object.insert("endpoint".into(), webhook.endpoint.clone().into());
     let raw_payload = (!webhook.payload_is_binary)
-        .then(|| std::str::from_utf8(&webhook.payload).ok())
-        .flatten()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
-    match raw_payload {
-        Some(payload) => object.insert("payload".into(), payload),
-        None => object.insert(
+        .then(|| serde_json::from_slice::<&serde_json::value::RawValue>(&webhook.payload).ok())
+        .flatten();
+    if raw_payload.is_none() {
+        object.insert(
             "payload_base64".into(),
             base64::engine::general_purpose::STANDARD
                 .encode(&webhook.payload)
                 .into(),
-        ),
-    };
+        );
+    }
     let headers: serde_json::Map<_, _> = webhook
         .headers
         .iter()
@@ -187,7 +192,13 @@ pub fn redacted_webhook(webhook: &Webhook) -> serde_json::Value {
             object.insert(field.into(), map.into());
         }
     }
-    serde_json::Value::Object(object)
+    let fields = serde_json::to_string(&object).expect("a JSON map serializes");
+    let text = match raw_payload {
+        // `fields` is `{"id":...}`: never empty, so a comma always follows the payload.
+        Some(payload) => format!("{{\"payload\":{},{}", payload.get(), &fields[1..]),
+        None => fields,
+    };
+    serde_json::value::RawValue::from_string(text).expect("spliced from valid JSON")
 }
 
 /// What a dead letter shows of a record that is not a valid webhook: the JSON object with
@@ -257,9 +268,34 @@ mod tests {
     }
 
     #[test]
+    fn dead_letter_payload_keeps_its_exact_bytes() {
+        let original = r#"{"b":1.50,"a":123456789012345678901234567890,"e":1e5,"s":"\u00e9"}"#;
+        let mut hook = webhook();
+        hook.payload = Bytes::from(original);
+        let shown = redacted_webhook(&hook);
+        assert!(
+            shown
+                .get()
+                .starts_with(&format!(r#"{{"payload":{original},"#)),
+            "{}",
+            shown.get()
+        );
+        let letter: serde_json::Value = serde_json::from_str(shown.get()).unwrap();
+        assert_eq!(letter["id"], "wh_1");
+        // Binary payloads go as base64.
+        hook.payload = Bytes::from_static(&[0xff, 0x00]);
+        hook.payload_is_binary = true;
+        let letter: serde_json::Value =
+            serde_json::from_str(redacted_webhook(&hook).get()).unwrap();
+        assert_eq!(letter["payload_base64"], "/wA=");
+        assert!(letter.get("payload").is_none());
+    }
+
+    #[test]
     fn dead_letter_webhook_has_no_secrets() {
-        let shown = redacted_webhook(&webhook());
-        let text = shown.to_string();
+        let raw = redacted_webhook(&webhook());
+        let text = raw.get().to_owned();
+        let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(!text.contains("whsec_x"), "{text}");
         assert!(!text.contains("Bearer secret"), "{text}");
         assert_eq!(shown["headers"]["Authorization"], REDACTED);

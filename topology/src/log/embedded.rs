@@ -129,6 +129,15 @@ impl State {
     }
 
     fn resolve(&self, record: OutRecord, now_ms: i64) -> Result<StoredRecord, LogError> {
+        // The same size budget as the Kafka producers, so topology tests meet the same refusal.
+        let bytes = super::record_bytes(&record);
+        if bytes > super::MAX_MESSAGE_BYTES {
+            return Err(LogError::TooLarge {
+                topic: record.topic.to_string(),
+                bytes,
+                limit: super::MAX_MESSAGE_BYTES,
+            });
+        }
         let topic = self
             .topics
             .get(&*record.topic)

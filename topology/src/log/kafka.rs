@@ -19,7 +19,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    Event, GroupMember, Log, LogError, OutRecord, ReadEvent, Record, TopicPartition, TopicReader,
+    Event, GroupMember, Log, LogError, MAX_MESSAGE_BYTES, OutRecord, ReadEvent, Record,
+    TopicPartition, TopicReader,
 };
 use crate::config::KafkaConfig;
 
@@ -129,6 +130,9 @@ impl KafkaLog {
                 TRANSACTION_TIMEOUT.as_millis().to_string(),
             )
             .set("enable.idempotence", "true")
+            // One size budget for every record howk writes (librdkafka's default is 1,000,000
+            // bytes, below what stages derive from a 1 MiB input: review C2).
+            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
             // Java clients' default, so howk and other producers agree on a key's partition.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
@@ -167,6 +171,13 @@ fn send_to(
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 base = returned;
                 std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                return Err(LogError::TooLarge {
+                    topic: record.topic.to_string(),
+                    bytes: super::record_bytes(record),
+                    limit: MAX_MESSAGE_BYTES,
+                });
             }
             Err((source, _)) => {
                 return Err(LogError::Kafka {
@@ -247,6 +258,7 @@ impl Log for KafkaLog {
             events: Mutex::new(VecDeque::new()),
             failure: Mutex::new(None),
             timeout: self.config.request_timeout,
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         });
         let consumer: BaseConsumer<MemberContext> = client_config(&self.config)
             .set("group.id", group)
@@ -277,6 +289,10 @@ impl Log for KafkaLog {
         let consumer: BaseConsumer<ReaderContext> = client_config(&self.config)
             .set("group.id", "howk-reader")
             .set("enable.auto.commit", "false")
+            // A replay from offset 0 of a topic whose first segments retention deleted must
+            // start at the oldest record left, not jump to the end (librdkafka's default),
+            // which would rebuild an empty store (review M2).
+            .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             // A restore ends at an empty fetch; the default 500 ms wait for data would make every
@@ -344,6 +360,25 @@ struct MemberShared {
     /// A commit that failed inside the callback, reported by the next poll.
     failure: Mutex<Option<LogError>>,
     timeout: Duration,
+    /// Set once a send or a commit failed: what is staged no longer matches what the open
+    /// transaction holds (its outputs were aborted, or only some of a record's were sent), so
+    /// nothing this member still holds may be committed. A revocation then aborts, like a lost
+    /// assignment — including the one librdkafka runs when the consumer closes, which would
+    /// otherwise commit the staged offsets of aborted work in a fresh, empty transaction
+    /// (review H2).
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl MemberShared {
+    fn poison(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.staged.lock().expect("staged lock").clear();
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 struct MemberContext {
@@ -388,7 +423,14 @@ impl ConsumerContext for MemberContext {
             // A lost assignment (session expired, coordinator failover) cannot commit: abort.
             // A commit that fails (a fenced member) has aborted too. Either way the work since
             // the last commit is gone, and the tasks must not pretend otherwise.
-            let committed = if consumer.assignment_lost() {
+            let committed = if self.shared.is_poisoned() {
+                tracing::warn!(
+                    "revocation after a failed send or commit; aborting, not committing"
+                );
+                let _ = self.shared.producer.abort_transaction(self.shared.timeout);
+                let _ = self.shared.producer.begin_transaction();
+                false
+            } else if consumer.assignment_lost() {
                 tracing::warn!("assignment lost; aborting the open transaction");
                 let _ = self.shared.producer.abort_transaction(self.shared.timeout);
                 let _ = self.shared.producer.begin_transaction();
@@ -490,7 +532,14 @@ impl GroupMember for KafkaMember {
     }
 
     fn send(&mut self, record: OutRecord) -> Result<(), LogError> {
-        send_to(&self.shared.producer, &record)
+        let result = send_to(&self.shared.producer, &record);
+        // A record refused for its size was never enqueued: the transaction is intact.
+        if let Err(error) = &result
+            && !matches!(error, LogError::TooLarge { .. })
+        {
+            self.shared.poison();
+        }
+        result
     }
 
     fn stage_offsets(&mut self, offsets: &[(TopicPartition, i64)]) {
@@ -501,13 +550,21 @@ impl GroupMember for KafkaMember {
     }
 
     fn commit(&mut self) -> Result<(), LogError> {
+        if self.shared.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
         let staged = self.shared.staged.lock().expect("staged lock");
-        commit_transaction(
+        let result = commit_transaction(
             &self.shared.producer,
             Some(&self.consumer),
             &staged,
             self.shared.timeout,
-        )
+        );
+        drop(staged);
+        if result.is_err() {
+            self.shared.poison();
+        }
+        result
     }
 
     fn committed(&self, partition: &TopicPartition) -> Result<Option<i64>, LogError> {

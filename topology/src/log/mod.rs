@@ -98,10 +98,38 @@ pub enum LogError {
     Fenced(String),
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    /// A send or commit of this member failed earlier: it commits nothing more and must be
+    /// replaced (the stream thread restarts, and tasks rebuild from the log).
+    #[error("this member's transaction failed earlier; it commits nothing more")]
+    Poisoned,
     #[error("embedded log file {path}: {reason}")]
     Storage { path: String, reason: String },
     #[error("embedded log: {0}")]
     Embedded(String),
+    /// A record over [`MAX_MESSAGE_BYTES`]: refused before anything was sent, so the open
+    /// transaction is intact and the caller may put something else in its place.
+    #[error("a record of {bytes} bytes for {topic} is over the {limit}-byte limit")]
+    TooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
+}
+
+/// The one record size budget, end to end: every producer's `message.max.bytes` and every
+/// howk topic's `max.message.bytes` (plus batch overhead). Inputs are smaller
+/// (`processing.max_record_bytes`, at most [`MAX_INPUT_RECORD_BYTES`]), so what a stage derives
+/// from one — a delivery record, a retry, a dead letter with the raw payload (base64 for binary
+/// payloads: 4/3) — fits.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The largest `processing.max_record_bytes` allowed: half the budget, leaving room for what
+/// stages add to a record (headers, base64, the dead letter's fields).
+pub const MAX_INPUT_RECORD_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// A record's size as the size budget counts it.
+pub fn record_bytes(record: &OutRecord) -> usize {
+    record.key.len() + record.value.as_ref().map_or(0, Vec::len)
 }
 
 /// Offsets to commit: the next offset to read per partition.

@@ -140,7 +140,10 @@ pub(crate) fn send_dead_letter(
 /// A dead letter for a record that is not a valid webhook (or internal record).
 pub(crate) fn invalid_record_letter(raw: &[u8], reason: String, now_ms: i64) -> DeadLetter {
     DeadLetter {
-        webhook: howk_processor::record::outcome::redacted_raw_record(raw),
+        webhook: serde_json::value::to_raw_value(
+            &howk_processor::record::outcome::redacted_raw_record(raw),
+        )
+        .expect("a JSON value serializes"),
         reason_type: howk_processor::record::ReasonType::InvalidRecord,
         reason,
         last_error: None,
