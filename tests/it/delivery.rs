@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::helpers::howk::{Howk, count_outcome};
 use crate::helpers::sink::{Reply, WebhookSink};
+use crate::helpers::wait_for;
 
 fn webhook(endpoint: &str, payload: &str) -> Vec<u8> {
     format!(r#"{{"endpoint": "{endpoint}", "payload": {payload}}}"#).into_bytes()
@@ -164,8 +165,8 @@ async fn retry_after_is_honoured() {
     sink.plan(
         "later",
         [Reply {
-            status: 503,
             retry_after_secs: Some(2),
+            ..Reply::status(503)
         }],
     );
     let mut howk = Howk::new(&[]).await;
@@ -336,4 +337,66 @@ async fn an_open_circuit_holds_webhooks_without_calls_or_spent_attempts() {
     // with max_attempts 2, a held retry that spent an attempt would have been dead-lettered.
     assert_eq!(sink.received("breaker").len(), 6);
     assert!(howk.tail_is_empty("deadletter"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_interrupted_by_a_restart_does_not_blackhole_the_endpoint() {
+    // Review H1: a half-open circuit with its probe in flight was stored and changelogged as
+    // such; the next incarnation restored "probe in flight" forever and held the endpoint's
+    // webhooks for good (a circuit_open result every second, never delivered).
+    let sink = WebhookSink::start().await;
+    // The first attempt fails (opens the circuit); the probe hangs past the shutdown.
+    sink.plan(
+        "flaky",
+        [
+            Reply::status(500),
+            Reply::status(200).after(Duration::from_secs(30)),
+        ],
+    );
+    // A slow delivery to another endpoint that starts before the probe and ends while it
+    // hangs: its completion commits the task's store writes, the probe state among them.
+    sink.plan("slow", [Reply::status(200).after(Duration::from_secs(4))]);
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_PARTITIONS", "1"),
+        ("HOWK_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1"),
+        ("HOWK_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "2s"),
+        ("HOWK_CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "1"),
+        ("HOWK_PROCESSING_SHUTDOWN_GRACE", "100ms"),
+    ])
+    .await;
+    howk.start();
+    howk.enqueue(&[("cb:1".into(), webhook(&sink.url("flaky"), "{}"))])
+        .await;
+    wait_for("the first attempt", Duration::from_secs(60), || async {
+        (!sink.received("flaky").is_empty()).then_some(())
+    })
+    .await;
+    howk.enqueue(&[("cb:2".into(), webhook(&sink.url("slow"), "{}"))])
+        .await;
+    wait_for(
+        "the probe to reach the endpoint",
+        Duration::from_secs(30),
+        || async { (sink.received("flaky").len() == 2).then_some(()) },
+    )
+    .await;
+    let mut results = howk.tail("results");
+    results.until(
+        "the slow endpoint delivered",
+        Duration::from_secs(30),
+        |records| count_outcome(records, "delivered") == 1,
+    );
+    assert_eq!(
+        sink.received("flaky").len(),
+        2,
+        "the probe still hangs while the slow delivery commits"
+    );
+    howk.stop();
+
+    howk.start();
+    results.until(
+        "the first webhook delivered after the restart",
+        Duration::from_secs(30),
+        |records| count_outcome(records, "delivered") == 2,
+    );
+    assert_eq!(sink.received("flaky").len(), 3);
 }

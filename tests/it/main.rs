@@ -8,6 +8,7 @@ mod api;
 mod crash;
 mod delivery;
 mod embedded;
+mod eos;
 mod kafka_smoke;
 mod lua_http;
 mod lua_kv;

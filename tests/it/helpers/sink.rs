@@ -28,11 +28,12 @@ impl Received {
     }
 }
 
-/// A planned reply: a status and an optional `Retry-After`.
+/// A planned reply: a status, an optional `Retry-After`, and how long to wait before answering.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply {
     pub status: u16,
     pub retry_after_secs: Option<u64>,
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Reply {
@@ -40,7 +41,14 @@ impl Reply {
         Self {
             status,
             retry_after_secs: None,
+            delay: None,
         }
+    }
+
+    /// Answers after `delay` (a slow endpoint).
+    pub fn after(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 }
 
@@ -113,29 +121,35 @@ async fn hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut inner = sink.inner.lock().unwrap();
-    let headers = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    inner
-        .received
-        .entry(name.clone())
-        .or_default()
-        .push(Received {
-            headers,
-            body: body.to_vec(),
-        });
-    let reply = inner
-        .plans
-        .get_mut(&name)
-        .and_then(VecDeque::pop_front)
-        .unwrap_or(Reply::status(200));
+    // The lock is released before any await: a reply may be delayed.
+    let reply = {
+        let mut inner = sink.inner.lock().unwrap();
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        inner
+            .received
+            .entry(name.clone())
+            .or_default()
+            .push(Received {
+                headers,
+                body: body.to_vec(),
+            });
+        inner
+            .plans
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Reply::status(200))
+    };
+    if let Some(delay) = reply.delay {
+        tokio::time::sleep(delay).await;
+    }
     let status = StatusCode::from_u16(reply.status).unwrap();
     match reply.retry_after_secs {
         Some(secs) => (status, [("retry-after", secs.to_string())], "planned").into_response(),

@@ -125,11 +125,15 @@ impl DeliverProcessor {
 
     fn circuit(&mut self, endpoint: &str) -> Result<&mut CircuitState, TaskError> {
         if !self.circuits.contains_key(endpoint) {
-            let state = self
+            let mut state: CircuitState = self
                 .store
                 .get(endpoint.as_bytes())?
                 .and_then(|bytes| postcard::from_bytes(&bytes).ok())
                 .unwrap_or_default();
+            // A probe recorded as in flight belonged to an earlier incarnation (crash, restart,
+            // rebalance): its attempt is gone, so this task must be free to probe again, or the
+            // endpoint would be held forever (review H1).
+            state.release_probe();
             self.circuits.insert(endpoint.to_owned(), state);
         }
         Ok(self.circuits.get_mut(endpoint).expect("inserted above"))
