@@ -44,10 +44,6 @@ fn decode_value(value: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Versions one key may have; beyond this the oldest are not read (a key rewritten this often
-/// is a misuse, and as-of joins that far back are not offered).
-const MAX_VERSIONS_READ: usize = 10_000;
-
 impl<S: Store> VersionedStore<S> {
     pub fn new(store: S) -> Self {
         Self { store }
@@ -70,14 +66,15 @@ impl<S: Store> VersionedStore<S> {
         Ok(())
     }
 
-    /// Every version of `key`, oldest first.
+    /// Every version of `key`, oldest first. All of them: reading only the first N would make
+    /// `latest` answer an old version once a key has more (review M6).
     pub fn versions(&self, key: &[u8]) -> Result<Vec<Version>, StoreError> {
         let from = prefix(key)?;
         let mut to = from.clone();
         to.extend_from_slice(&[0xff; 9]);
         Ok(self
             .store
-            .range(&from, &to, MAX_VERSIONS_READ)?
+            .range(&from, &to, usize::MAX)?
             .into_iter()
             .map(|(full, value)| {
                 (

@@ -50,7 +50,8 @@ struct Inner {
     latest: RwLock<HashMap<String, Arc<ScriptEntry>>>,
     /// Every hash each config_id has had: a webhook's `script_hash` fence waits for its entry.
     hashes: RwLock<HashMap<String, HashSet<String>>>,
-    versions: Mutex<Versions>,
+    /// The versions, and each config_id's latest `valid_from` (what `apply` orders by).
+    versions: Mutex<(Versions, HashMap<String, i64>)>,
     ready: watch::Sender<bool>,
     changed: Notify,
     stop: AtomicBool,
@@ -86,7 +87,7 @@ impl ScriptsTable {
             inner: Arc::new(Inner {
                 latest: RwLock::default(),
                 hashes: RwLock::default(),
-                versions: Mutex::new(VersionedStore::new(store)),
+                versions: Mutex::new((VersionedStore::new(store), HashMap::new())),
                 ready: watch::Sender::new(false),
                 changed: Notify::new(),
                 stop: AtomicBool::new(false),
@@ -95,13 +96,14 @@ impl ScriptsTable {
     }
 
     fn load_latest(&self) -> Result<(), TableError> {
-        let versions = self.inner.versions.lock().expect("versions lock");
+        let (versions, last_valid_from) = &mut *self.inner.versions.lock().expect("versions lock");
         for key in versions.keys()? {
             let Ok(config_id) = String::from_utf8(key.clone()) else {
                 continue;
             };
-            for (_, value) in versions.versions(&key)? {
+            for (valid_from, value) in versions.versions(&key)? {
                 self.remember(&config_id, value.as_deref());
+                last_valid_from.insert(config_id.clone(), valid_from);
             }
         }
         Ok(())
@@ -142,11 +144,26 @@ impl ScriptsTable {
     }
 
     /// Applies one `howk.scripts` record (key = config_id, `None` value = delete).
+    ///
+    /// Live, the last record of a key wins; at a restart the versions are read back in time
+    /// order. So that both agree whatever the producers' clocks say (review M6), a version is
+    /// never stored as valid from before the key's latest one: a record stamped earlier than its
+    /// predecessor in the log is taken as valid from 1 ms after it.
     pub fn apply(&self, config_id: &str, value: Option<&[u8]>, valid_from_ms: i64) {
         {
-            let mut versions = self.inner.versions.lock().expect("versions lock");
-            if let Err(error) = versions.put(config_id.as_bytes(), valid_from_ms, value) {
-                tracing::warn!(config_id, error = %error, "script version not stored");
+            let (versions, last_valid_from) =
+                &mut *self.inner.versions.lock().expect("versions lock");
+            let valid_from = match last_valid_from.get(config_id) {
+                Some(&last) if last >= valid_from_ms => last.saturating_add(1),
+                _ => valid_from_ms,
+            };
+            match versions.put(config_id.as_bytes(), valid_from, value) {
+                Ok(()) => {
+                    last_valid_from.insert(config_id.to_owned(), valid_from);
+                }
+                Err(error) => {
+                    tracing::warn!(config_id, error = %error, "script version not stored");
+                }
             }
         }
         self.remember(config_id, value);
@@ -158,6 +175,7 @@ impl ScriptsTable {
             .versions
             .lock()
             .expect("versions lock")
+            .0
             .commit()
             .map(|_| ())
     }
@@ -209,6 +227,7 @@ impl ScriptsTable {
     pub fn as_of(&self, config_id: &str, time_ms: i64) -> Result<Option<ScriptConfig>, StoreError> {
         let versions = self.inner.versions.lock().expect("versions lock");
         Ok(versions
+            .0
             .as_of(config_id.as_bytes(), time_ms)?
             .and_then(|bytes| ScriptConfig::decode(&bytes).ok()))
     }
@@ -391,5 +410,45 @@ mod tests {
         tokio::task::yield_now().await;
         writer.apply("a", Some(&script("a", "x = 1")), 1);
         assert!(waiter.await.unwrap());
+    }
+
+    #[test]
+    fn after_a_reopen_the_latest_is_the_last_record_whatever_its_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let table = ScriptsTable::open(dir.path()).unwrap();
+            // A PUT, then a DELETE stamped earlier by a producer with a slower clock.
+            table.apply("skew", Some(&script("skew", "x = 1")), 1_000);
+            table.apply("skew", None, 900);
+            assert!(table.lookup(&ConfigId::new("skew")).is_none());
+            table.commit().unwrap();
+        }
+        let reopened = ScriptsTable::open(dir.path()).unwrap();
+        assert!(
+            reopened.lookup(&ConfigId::new("skew")).is_none(),
+            "a deleted script came back after the restart"
+        );
+    }
+
+    #[test]
+    fn after_a_reopen_the_latest_of_many_versions_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = 10_001;
+        {
+            let table = ScriptsTable::open(dir.path()).unwrap();
+            for n in 0..count {
+                table.apply("busy", Some(&script("busy", &format!("x = {n}"))), n);
+            }
+            table.commit().unwrap();
+        }
+        let reopened = ScriptsTable::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened
+                .lookup(&ConfigId::new("busy"))
+                .unwrap()
+                .config
+                .lua_code,
+            format!("x = {}", count - 1)
+        );
     }
 }

@@ -166,9 +166,16 @@ impl Processor for IngestProcessor {
         if ctx.now_ms < self.next_expiry_ms {
             return Ok(());
         }
-        self.next_expiry_ms = ctx.now_ms + EXPIRY_INTERVAL_MS;
         let until = expiry_key(ctx.now_ms, b"");
-        for (index_key, _) in self.store.range(b"e", &until, EXPIRY_BATCH)? {
+        let expired = self.store.range(b"e", &until, EXPIRY_BATCH)?;
+        // A full batch means more are due: purge on at the next punctuation instead of an hour
+        // later, or above EXPIRY_BATCH keys an hour the store would grow forever (review M3).
+        self.next_expiry_ms = if expired.len() == EXPIRY_BATCH {
+            ctx.now_ms
+        } else {
+            ctx.now_ms + EXPIRY_INTERVAL_MS
+        };
+        for (index_key, _) in expired {
             let store_key = &index_key[9..];
             // A key re-recorded since has a later expiry: keep it.
             let current = self.store.get(store_key)?;
@@ -205,6 +212,10 @@ mod tests {
     use crate::topics::catalogue;
 
     fn processor(dir: &std::path::Path) -> IngestProcessor {
+        processor_with_ttl(dir, std::time::Duration::from_secs(60))
+    }
+
+    fn processor_with_ttl(dir: &std::path::Path, ttl: std::time::Duration) -> IngestProcessor {
         let kafka = KafkaConfig::default();
         let log = EmbeddedLog::open(None, &catalogue(&kafka)).unwrap();
         let readers: ReaderFactory = Arc::new(move || {
@@ -216,7 +227,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
             max_record_bytes: 1024,
             default_max_attempts: 3,
-            idempotency_ttl: std::time::Duration::from_secs(60),
+            idempotency_ttl: ttl,
         };
         let partition = TopicPartition::new(&kafka.topics.pending, 0);
         IngestProcessor::open(settings, partition, readers).unwrap()
@@ -285,6 +296,36 @@ mod tests {
                 duplicates: 1,
                 invalid: 2
             }
+        );
+    }
+
+    #[test]
+    fn the_idempotency_purge_keeps_up_with_more_than_a_batch_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingest = processor_with_ttl(dir.path(), std::time::Duration::from_secs(1));
+        let count = EXPIRY_BATCH * 5 / 2;
+        for n in 0..count {
+            let webhook = format!(
+                r#"{{"endpoint": "https://e.com/h", "payload": 1, "idempotency_key": "k{n}"}}"#
+            );
+            process(&mut ingest, n as i64, &webhook);
+        }
+        let keys = |ingest: &IngestProcessor| ingest.store.range(b"k", b"l", usize::MAX).unwrap();
+        assert_eq!(keys(&ingest).len(), count);
+        // Two hours later, three punctuations 100 ms apart purge every expired key.
+        let later = 2_000 + 2 * 3600 * 1000;
+        for step in 0..3 {
+            let mut outputs = Vec::new();
+            let mut ctx = Context::new(later + step * 100, &mut outputs);
+            ingest.punctuate(&mut ctx).unwrap();
+        }
+        assert_eq!(keys(&ingest).len(), 0);
+        assert!(
+            ingest
+                .store
+                .range(b"e", b"f", usize::MAX)
+                .unwrap()
+                .is_empty()
         );
     }
 }
