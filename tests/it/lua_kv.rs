@@ -2,12 +2,12 @@
 //! `(nil, err)` and a retryable failure while Redis is down, recovery when it returns, with
 //! nothing restarted.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::AsyncCommands;
 
 use crate::helpers::lua::{Webhook, body, engine_settings, redis_kv, run, test_lua_config};
+use crate::helpers::private_redis::PrivateRedis;
 use crate::helpers::{redis_url, unique, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,64 +109,6 @@ async fn namespaces_share_within_and_isolate_across() {
         body(&settings, &read, &Webhook::for_config("b:1")).await,
         "nil"
     );
-}
-
-/// A Redis of this test's own, so stopping it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    fn start_on(port: u16, dir: tempfile::TempDir) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by scripts/redis) starts");
-        Self { port, child, dir }
-    }
-
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, tempfile::tempdir().unwrap())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(mut self) -> (u16, tempfile::TempDir) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        (
-            self.port,
-            std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()),
-        )
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

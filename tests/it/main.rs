@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api;
+mod chaos;
 mod crash;
 mod delivery;
 mod embedded;

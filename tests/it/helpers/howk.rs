@@ -194,9 +194,22 @@ impl Howk {
     /// SIGKILL: no shutdown, no final commit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            // It may have exited already (and been reaped by `running`).
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// SIGTERM, then waits for a clean exit.

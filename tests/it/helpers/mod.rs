@@ -92,5 +92,6 @@ where
 pub mod howk;
 pub mod lua;
 pub mod own_broker;
+pub mod private_redis;
 pub mod receiver;
 pub mod sink;

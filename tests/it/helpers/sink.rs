@@ -56,6 +56,35 @@ impl Reply {
 struct Inner {
     received: HashMap<String, Vec<Received>>,
     plans: HashMap<String, VecDeque<Reply>>,
+    chaos: Option<Chaos>,
+}
+
+/// Unplanned requests fail or answer slowly at these rates (a flaky receiver for soak tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    /// Share of requests answered 500.
+    pub errors: f64,
+    /// Share of requests answered 200 after `slow`.
+    pub slow_share: f64,
+    pub slow: std::time::Duration,
+    /// xorshift state: the same seed gives the same sequence.
+    pub seed: u64,
+}
+
+impl Chaos {
+    fn next_reply(&mut self) -> Reply {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let roll = (self.seed % 10_000) as f64 / 10_000.0;
+        if roll < self.errors {
+            Reply::status(500)
+        } else if roll < self.errors + self.slow_share {
+            Reply::status(200).after(self.slow)
+        } else {
+            Reply::status(200)
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -90,6 +119,23 @@ impl WebhookSink {
             .entry(name.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Makes unplanned replies flaky (see [`Chaos`]); `None` answers them 200 again.
+    pub fn chaos(&self, chaos: Option<Chaos>) {
+        self.inner.lock().unwrap().chaos = chaos;
+    }
+
+    /// Every request received, on every path.
+    pub fn all_received(&self) -> Vec<Received> {
+        self.inner
+            .lock()
+            .unwrap()
+            .received
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// What `/hook/{name}` received, in arrival order.
@@ -141,11 +187,12 @@ async fn hook(
                 headers,
                 body: body.to_vec(),
             });
-        inner
-            .plans
-            .get_mut(&name)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or(Reply::status(200))
+        let planned = inner.plans.get_mut(&name).and_then(VecDeque::pop_front);
+        match (planned, inner.chaos.as_mut()) {
+            (Some(reply), _) => reply,
+            (None, Some(chaos)) => chaos.next_reply(),
+            (None, None) => Reply::status(200),
+        }
     };
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
