@@ -27,6 +27,8 @@ pub struct OpenedStore {
     pub clean: bool,
     pub restored_records: u64,
     checkpoint: PathBuf,
+    /// What the checkpoint said (offsets), when the store was kept.
+    pub checkpointed: Checkpoint,
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> StoreError {
@@ -74,6 +76,11 @@ pub fn open_store(
         clean,
         restored_records,
         checkpoint: checkpoint_path,
+        checkpointed: if clean {
+            checkpoint
+        } else {
+            Checkpoint::default()
+        },
     })
 }
 
@@ -98,6 +105,21 @@ pub fn write_checkpoint(
         let end = reader.end_offset(changelog)?;
         checkpoint.set(&changelog.topic, changelog.partition, end);
     }
+    checkpoint.write(path)?;
+    Ok(())
+}
+
+/// Marks `store` closed cleanly holding exactly `source` up to `next_offset` (a store whose
+/// source topic is its changelog: the status store over `howk.results`), after flushing it.
+pub fn write_source_checkpoint(
+    store: &RocksStore,
+    path: &Path,
+    source: &TopicPartition,
+    next_offset: i64,
+) -> Result<(), TaskError> {
+    store.persist()?;
+    let mut checkpoint = Checkpoint::default();
+    checkpoint.set(&source.topic, source.partition, next_offset);
     checkpoint.write(path)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::StageSettings;
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::processor::{Context, Processor, TaskError};
-use crate::restore::{open_store, replay, write_checkpoint};
+use crate::restore::{open_store, replay, write_source_checkpoint};
 
 /// One webhook's status, as `GET /webhooks/:id/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +148,8 @@ pub struct StatusProcessor {
     store: SharedStore,
     stores: StatusStores,
     checkpoint: std::path::PathBuf,
-    readers: ReaderFactory,
+    /// The offset after the last result folded into the store.
+    next_offset: i64,
 }
 
 impl StatusProcessor {
@@ -162,19 +163,39 @@ impl StatusProcessor {
         let dir = settings.store_dir("status", partition.partition);
         let opened = open_store(&dir, None, readers()?.as_mut())?;
         let checkpoint = opened.checkpoint_path();
-        let clean = opened.clean;
+        // A kept store holds the results up to its checkpointed offset; while this instance did
+        // not own the partition another may have folded more (review M1), so the gap up to the
+        // group's committed offset is folded now. A store without that offset is rebuilt.
+        let kept_until = opened
+            .checkpointed
+            .offset(&partition.topic, partition.partition)
+            .filter(|_| opened.clean);
+        let clean = kept_until.is_some();
         let mut store = opened.store;
+        if opened.clean && !clean {
+            // Opening deleted the checkpoint, so this open wipes the store.
+            drop(store);
+            store = open_store(&dir, None, readers()?.as_mut())?.store;
+        }
+        let from = kept_until.unwrap_or(0);
         let mut replayed = 0;
-        if !clean && let Some(until) = committed {
-            replayed = replay(readers()?.as_mut(), &partition, 0, Some(until), |record| {
-                if let Some(value) = record.value {
-                    fold(&mut store, &value)?;
-                }
-                Ok(())
-            })?;
+        if let Some(until) = committed {
+            replayed = replay(
+                readers()?.as_mut(),
+                &partition,
+                from,
+                Some(until),
+                |record| {
+                    if let Some(value) = record.value {
+                        fold(&mut store, &value)?;
+                    }
+                    Ok(())
+                },
+            )?;
             store.commit()?;
         }
-        tracing::info!(%partition, clean, replayed, "status task ready");
+        let next_offset = committed.unwrap_or(from).max(from);
+        tracing::info!(%partition, clean, from, replayed, "status task ready");
         let store = Arc::new(Mutex::new(store));
         stores.register(partition.partition, Arc::clone(&store));
         Ok(Self {
@@ -182,7 +203,7 @@ impl StatusProcessor {
             store,
             stores,
             checkpoint,
-            readers,
+            next_offset,
         })
     }
 }
@@ -294,11 +315,104 @@ impl Processor for StatusProcessor {
         }
         // The source topic is the changelog: nothing to log, just apply.
         store.commit()?;
+        self.next_offset = record.offset + 1;
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), TaskError> {
         let store = self.store.lock().expect("status store lock");
-        write_checkpoint(&store, &self.checkpoint, None, (self.readers)()?.as_mut())
+        write_source_checkpoint(&store, &self.checkpoint, &self.partition, self.next_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::log::embedded::EmbeddedLog;
+    use crate::log::{Log, OutRecord, TopicReader};
+    use crate::stage::Topics;
+    use crate::topics::catalogue;
+
+    fn result(outcome: &str) -> Vec<u8> {
+        format!(
+            r#"{{"webhook_id":"wh_1","config_id":"shop","endpoint":"https://e.com/h","attempt":0,"outcome":"{outcome}","duration_ms":1,"timestamp":"2026-12-02T00:00:00Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_kept_store_folds_what_another_owner_folded_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = KafkaConfig {
+            partitions: 1,
+            ..KafkaConfig::default()
+        };
+        let log = Arc::new(EmbeddedLog::open(None, &catalogue(&kafka)).unwrap());
+        let readers: ReaderFactory = {
+            let log = Arc::clone(&log);
+            Arc::new(move || {
+                log.reader()
+                    .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
+            })
+        };
+        let settings = StageSettings {
+            topics: Arc::new(Topics::new(&kafka.topics)),
+            data_dir: dir.path().to_path_buf(),
+            max_record_bytes: 1024,
+            default_max_attempts: 3,
+            idempotency_ttl: std::time::Duration::from_secs(60),
+        };
+        let partition = TopicPartition::new(&kafka.topics.results, 0);
+        let produce = |value: Vec<u8>| {
+            log.produce(vec![OutRecord {
+                topic: Arc::clone(&partition.topic),
+                partition: Some(0),
+                key: b"wh_1".to_vec(),
+                value: Some(value),
+            }])
+            .unwrap();
+        };
+        let record = |offset: i64, value: Vec<u8>| Record {
+            topic: Arc::clone(&partition.topic),
+            partition: 0,
+            offset,
+            key: None,
+            value: Some(value.into()),
+            timestamp_ms: 0,
+        };
+        let stores = StatusStores::default();
+
+        // This instance folds the first result and closes cleanly (the partition moves away).
+        produce(result("accepted"));
+        let mut status = StatusProcessor::open(
+            settings.clone(),
+            partition.clone(),
+            None,
+            stores.clone(),
+            Arc::clone(&readers),
+        )
+        .unwrap();
+        let mut outputs = Vec::new();
+        status
+            .process(
+                record(0, result("accepted")),
+                &mut Context::new(0, &mut outputs),
+            )
+            .unwrap();
+        status.close().unwrap();
+        drop(status);
+
+        // Another owner folds the delivery and commits past it; the partition comes back.
+        produce(result("delivered"));
+        let _status = StatusProcessor::open(
+            settings,
+            partition.clone(),
+            Some(2),
+            stores.clone(),
+            readers,
+        )
+        .unwrap();
+        assert_eq!(stores.status("wh_1").unwrap().unwrap().state, "delivered");
     }
 }
