@@ -267,6 +267,10 @@ pub struct LoaderConfig {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// The loader's first wait after a failed save, doubled up to [`LOADER_BACKOFF_MAX`].
+const LOADER_BACKOFF_START: Duration = Duration::from_millis(100);
+const LOADER_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Starts the loader thread: reads every partition of the scripts topic from the checkpoint,
 /// marks the table ready at the ends seen at start, and keeps applying new records until
 /// [`ScriptsTable::stop`].
@@ -297,6 +301,7 @@ pub fn spawn_loader<L: Log>(
         .spawn(move || {
             let mut behind: HashSet<i32> = (0..partitions).collect();
             let mut dirty = false;
+            let mut backoff = LOADER_BACKOFF_START;
             while !table.inner.stop.load(Ordering::Relaxed) {
                 let polled = match reader.poll(Duration::from_millis(100)) {
                     Ok(polled) => polled,
@@ -320,7 +325,7 @@ pub fn spawn_loader<L: Log>(
                     }
                     Some(ReadEvent::EndOfPartition(tp)) => {
                         behind.remove(&tp.partition);
-                        if behind.is_empty() && !table.is_ready() {
+                        if behind.is_empty() && !table.is_ready() && !dirty {
                             tracing::info!(topic = %config.topic, "scripts table caught up");
                             table.inner.ready.send_replace(true);
                         }
@@ -328,11 +333,30 @@ pub fn spawn_loader<L: Log>(
                     None => {}
                 }
                 if dirty {
-                    table.commit()?;
-                    if let Some(path) = &config.checkpoint {
-                        checkpoint.write(path)?;
+                    let saved = table.commit().and_then(|()| match &config.checkpoint {
+                        Some(path) => checkpoint.write(path),
+                        None => Ok(()),
+                    });
+                    match saved {
+                        Ok(()) => {
+                            dirty = false;
+                            backoff = LOADER_BACKOFF_START;
+                            if behind.is_empty() && !table.is_ready() {
+                                tracing::info!("scripts table saved again; ready");
+                                table.inner.ready.send_replace(true);
+                            }
+                        }
+                        Err(error) => {
+                            // Not fatal and not silent: /ready turns red while the table cannot
+                            // keep what it reads, and the save is retried with backoff (the
+                            // versions stay applied in memory meanwhile).
+                            tracing::error!(error = %error,
+                                "scripts table cannot save its store or checkpoint; not ready, retrying");
+                            table.inner.ready.send_replace(false);
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(LOADER_BACKOFF_MAX);
+                        }
                     }
-                    dirty = false;
                 }
             }
             Ok(())
@@ -450,5 +474,77 @@ mod tests {
                 .lua_code,
             format!("x = {}", count - 1)
         );
+    }
+
+    #[test]
+    fn a_loader_that_cannot_save_turns_not_ready_and_recovers() {
+        use crate::log::embedded::EmbeddedLog;
+        use crate::log::{Log, OutRecord};
+        use crate::topics::TopicSpec;
+
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("saved");
+        std::fs::create_dir_all(&saved).unwrap();
+        let topic: Arc<str> = Arc::from("scripts");
+        let log = Arc::new(
+            EmbeddedLog::open(
+                None,
+                &[TopicSpec {
+                    name: topic.to_string(),
+                    partitions: 1,
+                    compacted: true,
+                }],
+            )
+            .unwrap(),
+        );
+        let put = |code: &str| {
+            log.produce(vec![OutRecord {
+                topic: Arc::clone(&topic),
+                partition: None,
+                key: b"shop".to_vec(),
+                value: Some(script("shop", code)),
+            }])
+            .unwrap();
+        };
+        let table = ScriptsTable::in_memory();
+        let loader = spawn_loader(
+            Arc::clone(&log),
+            table.clone(),
+            LoaderConfig {
+                topic: Arc::clone(&topic),
+                checkpoint: Some(saved.join("checkpoint")),
+            },
+        )
+        .unwrap();
+        let wait = |what: &str, condition: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !condition() {
+                assert!(std::time::Instant::now() < deadline, "never {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        put("x = 1");
+        wait("ready", &|| {
+            table.is_ready() && table.lookup(&ConfigId::new("shop")).is_some()
+        });
+
+        // The checkpoint's folder goes away: the save fails, the table is not ready, the
+        // thread lives on.
+        std::fs::remove_dir_all(&saved).unwrap();
+        put("x = 2");
+        wait("not ready", &|| !table.is_ready());
+        assert!(!loader.is_finished());
+        std::fs::create_dir_all(&saved).unwrap();
+        wait("ready again", &|| table.is_ready());
+        assert_eq!(
+            table
+                .lookup(&ConfigId::new("shop"))
+                .unwrap()
+                .config
+                .lua_code,
+            "x = 2"
+        );
+        table.stop();
+        loader.join().unwrap().unwrap();
     }
 }
