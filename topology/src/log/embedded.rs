@@ -244,8 +244,13 @@ impl EmbeddedLog {
             let mut framed = Vec::with_capacity(bytes.len() + 4);
             framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             framed.extend_from_slice(&bytes);
-            file.write_all(&framed)
-                .map_err(|e| storage_error(path, e))?;
+            let before = file.metadata().map_err(|e| storage_error(path, e))?.len();
+            if let Err(error) = file.write_all(&framed) {
+                // A partly written frame would make the next open cut the log there, dropping
+                // every later (acknowledged) frame with it: take it back.
+                let _ = file.set_len(before);
+                return Err(storage_error(path, error));
+            }
         }
         let mut state = self.shared.state.lock().expect("log state lock");
         state.apply(&frame)?;

@@ -95,7 +95,20 @@ pub struct DeliverProcessor {
     queues: HashMap<PairKey, VecDeque<Job>>,
     held: usize,
     completions: CompletionSender,
+    /// Attempts running on the runtime, by input offset: aborted when the task ends, so a
+    /// revoked incarnation's attempt never runs beside the next owner's for the same pair.
+    running: HashMap<i64, tokio::task::AbortHandle>,
     pub counters: DeliverCounters,
+}
+
+impl Drop for DeliverProcessor {
+    fn drop(&mut self) {
+        // Closed, lost or failed: whatever is still running belongs to an incarnation that is
+        // gone (its completions would be dropped anyway).
+        for (_, attempt) in self.running.drain() {
+            attempt.abort();
+        }
+    }
 }
 
 impl DeliverProcessor {
@@ -119,6 +132,7 @@ impl DeliverProcessor {
             queues: HashMap::new(),
             held: 0,
             completions,
+            running: HashMap::new(),
             counters: DeliverCounters::default(),
         })
     }
@@ -151,9 +165,15 @@ impl DeliverProcessor {
         let circuit = self.circuit(endpoint)?;
         let before = circuit.clone();
         let result = change(circuit, &shared.circuit);
+        let healthy = *circuit == CircuitState::default();
         if *circuit != before {
             let bytes = postcard::to_stdvec(&*circuit).expect("a circuit state serializes");
             self.store.put(endpoint.as_bytes(), &bytes);
+        }
+        if healthy {
+            // Only circuits with something to remember stay in memory: a task that has seen
+            // millions of healthy endpoints must not hold them all (review M4).
+            self.circuits.remove(endpoint);
         }
         Ok(result)
     }
@@ -181,7 +201,7 @@ impl DeliverProcessor {
                 let shared = Arc::clone(&self.shared);
                 let key = key.clone();
                 let probe = admission == Admission::Probe;
-                self.shared.runtime.spawn(async move {
+                let attempt = self.shared.runtime.spawn(async move {
                     let previous = record.previous_error.as_ref().map(PreviousError::from);
                     let choice = choose_script(&shared, &record).await;
                     let report = run_attempt(
@@ -194,12 +214,14 @@ impl DeliverProcessor {
                     .await;
                     completions.complete(offset, Box::new(Done::Attempted { key, report, probe }));
                 });
+                self.running.insert(offset, attempt.abort_handle());
             }
         }
         Ok(())
     }
 
     fn finish(&mut self, key: &PairKey, offset: i64) -> Option<Job> {
+        self.running.remove(&offset);
         let queue = self.queues.get_mut(key)?;
         let position = queue.iter().position(|job| job.offset == offset)?;
         let job = queue.remove(position);

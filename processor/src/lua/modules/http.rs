@@ -179,6 +179,25 @@ impl HttpModule {
     }
 }
 
+/// A singleflight entry, removed from `inflight` when dropped unless a newer one replaced it.
+struct InflightEntry<'a> {
+    shared: &'a Shared,
+    key: &'a str,
+    cell: &'a Arc<tokio::sync::OnceCell<Outcome>>,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.shared.inflight.lock().expect("inflight lock poisoned");
+        if inflight
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, self.cell))
+        {
+            inflight.remove(self.key);
+        }
+    }
+}
+
 /// One request as the script asked for it.
 struct Request {
     method: Method,
@@ -327,20 +346,19 @@ impl Shared {
                 .entry(key.clone())
                 .or_default(),
         );
+        // Removes the entry however this call ends — also when its future is dropped (the
+        // script's deadline aborts the I/O task), which used to leave it behind forever.
+        let guard = InflightEntry {
+            shared: &self,
+            key: &key,
+            cell: &cell,
+        };
         let cache_ttl = request.cache_ttl;
         let outcome = cell
             .get_or_init(|| Arc::clone(&self).send(namespace, request, timeout))
             .await
             .clone();
-        {
-            let mut inflight = self.inflight.lock().expect("inflight lock poisoned");
-            if inflight
-                .get(&key)
-                .is_some_and(|current| Arc::ptr_eq(current, &cell))
-            {
-                inflight.remove(&key);
-            }
-        }
+        drop(guard);
         if let (Ok(response), Some(ttl)) = (&outcome, cache_ttl)
             && self.settings.cache_enabled
             && (200..300).contains(&response.status)
@@ -604,6 +622,42 @@ mod tests {
         assert!(settings(&["*.Example.COM"]).host_allowed("m", "a.example.com"));
         assert!(settings(&["*"]).host_allowed("x", "anything.test"));
         assert!(!settings(&[]).host_allowed("x", "anything.test"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_get_leaves_no_singleflight_entry() {
+        // A server that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, mut on_accept) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+                let _ = accepted.send(()).await;
+            }
+        });
+        let mut s = settings(&["*"]);
+        s.addresses = AddressPolicy::with_allowed(&["127.0.0.0/8"]).unwrap();
+        s.timeout = Duration::from_secs(30);
+        let module = HttpModule::new(s, IoRuntime::new(tokio::runtime::Handle::current())).unwrap();
+        let shared = Arc::clone(&module.shared);
+        let call = tokio::spawn(Arc::clone(&shared).call(
+            "ns".into(),
+            Request {
+                method: Method::GET,
+                url: format!("http://127.0.0.1:{port}/slow"),
+                body: None,
+                headers: Vec::new(),
+                cache_ttl: None,
+            },
+            Duration::from_secs(30),
+        ));
+        on_accept.recv().await.unwrap();
+        assert_eq!(shared.inflight.lock().unwrap().len(), 1);
+        call.abort();
+        let _ = call.await;
+        assert_eq!(shared.inflight.lock().unwrap().len(), 0);
     }
 
     #[test]
