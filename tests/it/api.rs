@@ -329,6 +329,10 @@ async fn every_documented_error_is_json_with_its_status() {
         "howk_accepted_total",
         "howk_attempt_seconds_bucket",
         "howk_restored_records_total",
+        "howk_script_threads_abandoned 0",
+        "howk_script_threads_stuck 0",
+        "howk_script_pool_degraded 0",
+        "howk_scripts_quarantined 0",
     ] {
         assert!(metrics.contains(metric), "{metric} in {metrics}");
     }

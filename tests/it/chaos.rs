@@ -85,7 +85,7 @@ fn schedule(random: &mut Random, repeats: usize) -> Vec<Fault> {
         faults.push(fault);
         if fault == Fault::AddInstance {
             open_adds += 1;
-        } else if open_adds > 0 && random.next() % 2 == 0 {
+        } else if open_adds > 0 && random.next().is_multiple_of(2) {
             faults.push(Fault::RemoveInstance);
             open_adds -= 1;
         }
@@ -232,6 +232,7 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
             started.elapsed().as_secs_f64(),
             fault.label()
         );
+        let mut removed = 0;
         tokio::task::block_in_place(|| match fault {
             Fault::KillHowk => {
                 first.kill();
@@ -252,15 +253,21 @@ async fn chaos_soak_loses_and_duplicates_nothing() {
                 sibling.start();
                 if let Some(mut old) = second.replace(sibling) {
                     terminate(&mut old);
+                    removed += 1;
                 }
             }
             Fault::RemoveInstance => {
                 if let Some(mut old) = second.take() {
                     terminate(&mut old);
+                    removed += 1;
                 }
             }
         });
-        *injected.entry(fault.label()).or_default() += 1;
+        // Only what happened: a removal with no second instance running is no fault.
+        if *fault != Fault::RemoveInstance {
+            *injected.entry(fault.label()).or_default() += 1;
+        }
+        *injected.entry(Fault::RemoveInstance.label()).or_default() += removed;
     }
     if let Some(wait) = Duration::from_secs(secs).checked_sub(started.elapsed()) {
         tokio::time::sleep(wait).await;
