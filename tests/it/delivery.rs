@@ -400,3 +400,45 @@ async fn a_probe_interrupted_by_a_restart_does_not_blackhole_the_endpoint() {
     );
     assert_eq!(sink.received("flaky").len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_ahead_of_its_changelog_is_not_kept_at_a_clean_stop() {
+    // Review H5(b): a completion applies its circuit change to the store at once, while its
+    // changelog record waits behind an unfinished earlier attempt. A clean stop then marked
+    // the store clean, and the next start kept a circuit state the changelog never had.
+    let sink = WebhookSink::start().await;
+    sink.plan("hangs", [Reply::status(200).after(Duration::from_secs(30))]);
+    sink.plan("fails", [Reply::status(500)]);
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_PARTITIONS", "1"),
+        ("HOWK_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1"),
+        ("HOWK_CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "10m"),
+        ("HOWK_PROCESSING_SHUTDOWN_GRACE", "100ms"),
+    ])
+    .await;
+    howk.start();
+    howk.enqueue(&[("h5:1".into(), webhook(&sink.url("hangs"), "{}"))])
+        .await;
+    wait_for("the hanging attempt", Duration::from_secs(60), || async {
+        (!sink.received("hangs").is_empty()).then_some(())
+    })
+    .await;
+    // Its failure opens the endpoint's circuit in the store; the changelog record of that
+    // waits behind the hanging attempt, which is never finished.
+    howk.enqueue(&[("h5:2".into(), webhook(&sink.url("fails"), "{}"))])
+        .await;
+    wait_for("the failing attempt", Duration::from_secs(30), || async {
+        (!sink.received("fails").is_empty()).then_some(())
+    })
+    .await;
+    howk.stop();
+
+    // Its offset was not committed, so the attempt is redone. Rebuilt from the changelog, the
+    // circuit is closed and the endpoint is called again at once; a store kept ahead of its
+    // changelog would hold the webhook for the 10-minute recovery timeout.
+    howk.start();
+    wait_for("the redone attempt", Duration::from_secs(30), || async {
+        (sink.received("fails").len() >= 2).then_some(())
+    })
+    .await;
+}
