@@ -88,6 +88,10 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// the same instance id take them back at once; this bounds the wait when it never returns.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest the stream thread may go between polls: a full restore (restore.rs allows
+/// 600 s) plus margin.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
+
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     move |source| LogError::Kafka { operation, source }
 }
@@ -270,6 +274,13 @@ impl Log for KafkaLog {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            // Tasks restore their stores on the polling thread (up to RESTORE_TIMEOUT, 600 s):
+            // past librdkafka's 300 s default the member would be kicked out mid-restore, lose
+            // the assignment, and restore again, forever.
+            .set(
+                "max.poll.interval.ms",
+                MAX_POLL_INTERVAL.as_millis().to_string(),
+            )
             .set(
                 "statistics.interval.ms",
                 STATISTICS_INTERVAL.as_millis().to_string(),
