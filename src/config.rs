@@ -19,7 +19,9 @@ use howk_processor::lua::LuaConfig;
 use howk_processor::lua::modules::kv::RedisConfig;
 use howk_processor::policy::circuit::CircuitBreakerConfig;
 use howk_processor::policy::retry::RetryConfig;
-use howk_topology::{DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig};
+use howk_topology::{
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, StatusConfig,
+};
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
 /// harness (`HOWK_TEST_*`) and the Lua module settings keyed by a name chosen by the operator
@@ -50,6 +52,8 @@ pub struct HowkConfig {
     pub scripts: ScriptsConfig,
     /// Idempotency-key suppression.
     pub idempotency: IdempotencyConfig,
+    /// What the status stage keeps.
+    pub status: StatusConfig,
     /// Dead-letter contents.
     pub dlq: DlqConfig,
 }

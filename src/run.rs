@@ -262,6 +262,7 @@ pub fn topology_config(config: &HowkConfig) -> TopologyConfig {
         processing: config.processing.clone(),
         scripts: config.scripts.clone(),
         idempotency: config.idempotency.clone(),
+        status: config.status.clone(),
         dlq: config.dlq.clone(),
         retry: config.retry.clone(),
         circuit_breaker: config.circuit_breaker.clone(),

@@ -14,7 +14,9 @@ use howk_processor::lua::pool::EnginePool;
 use howk_processor::policy::circuit::CircuitBreakerConfig;
 use howk_processor::policy::retry::RetryConfig;
 
-use crate::config::{DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig};
+use crate::config::{
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, StatusConfig,
+};
 use crate::log::{Log, LogError, ReaderFactory, TopicPartition, TopicReader, pooled_readers};
 use crate::processor::{CompletionSender, Processor, TaskError};
 use crate::scripts_table::{LoaderConfig, ScriptsTable, TableError, spawn_loader};
@@ -32,6 +34,7 @@ pub struct TopologyConfig {
     pub processing: ProcessingConfig,
     pub scripts: ScriptsConfig,
     pub idempotency: IdempotencyConfig,
+    pub status: StatusConfig,
     pub dlq: DlqConfig,
     pub retry: RetryConfig,
     pub circuit_breaker: CircuitBreakerConfig,
@@ -135,6 +138,7 @@ pub fn start<L: Log>(
         max_record_bytes: processing.max_record_bytes,
         default_max_attempts: config.retry.max_attempts,
         idempotency_ttl: config.idempotency.ttl,
+        status_retention: config.status.retention,
     };
     let reader_log = Arc::clone(&log);
     let readers: ReaderFactory = pooled_readers(move || {

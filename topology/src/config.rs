@@ -176,6 +176,24 @@ impl Default for IdempotencyConfig {
     }
 }
 
+/// `status.*`: what the status stage keeps for `GET /webhooks/:id/status` and `/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// How long a webhook's status is kept after its first result (then 404). Default 7d.
+    /// Minute buckets and endpoints seen are kept 25 h (the widest `/stats` window is 24 h).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// `dlq.*`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

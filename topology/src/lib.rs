@@ -27,5 +27,6 @@ pub mod stream_thread;
 pub mod topics;
 
 pub use config::{
-    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, TopicNames,
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, StatusConfig,
+    TopicNames,
 };

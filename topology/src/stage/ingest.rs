@@ -227,6 +227,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
             max_record_bytes: 1024,
             default_max_attempts: 3,
+            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             idempotency_ttl: ttl,
         };
         let partition = TopicPartition::new(&kafka.topics.pending, 0);

@@ -60,6 +60,8 @@ impl Topics {
 /// Settings shared by the stages.
 #[derive(Debug, Clone)]
 pub struct StageSettings {
+    /// `status.retention`.
+    pub status_retention: std::time::Duration,
     /// Shared: every task clones it per record it handles.
     pub topics: Arc<Topics>,
     /// Where task stores live: `<data_dir>/<store>/<partition>`.

@@ -8,8 +8,15 @@
 //! rebuilt by replaying `howk.results` up to the group's committed offset, after which the task
 //! continues from that offset — each result is folded exactly once.
 //!
-//! Store layout: `s ‖ webhook_id` → status JSON; `m ‖ minute (BE)` → counters JSON;
-//! `e ‖ endpoint_hash` → last seen (ms, BE).
+//! Store layout: `s ‖ webhook_id` → status JSON; `t ‖ first seen (ms, BE) ‖ webhook_id` → ``
+//! (the retention index); `m ‖ minute (BE)` → counters JSON; `e ‖ endpoint_hash` → last seen
+//! (ms, BE).
+//!
+//! Bounded (review M4): statuses are kept `status.retention` (7 days) after their first result,
+//! minute buckets and endpoints 25 hours; a punctuation purges the rest in batches that keep up.
+//! `/stats` never scans the store under the lock the stream thread folds with: the counters are
+//! per-minute buckets (at most 1,440 reads), and the endpoints seen are an in-memory map beside
+//! the store, behind a lock of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -74,8 +81,22 @@ pub struct Window {
 }
 
 const MINUTE_MS: i64 = 60_000;
+/// Minute buckets and endpoints seen are kept this long: the widest `/stats` window (24 h) and
+/// an hour of margin.
+const STATS_KEPT_MS: i64 = 25 * 3600 * 1000;
+/// How often the retention purge runs, and how many keys one purge deletes at most (a full
+/// batch purges on at the next punctuation).
+const PURGE_INTERVAL_MS: i64 = 60_000;
+const PURGE_BATCH: usize = 10_000;
 
-type SharedStore = Arc<Mutex<RocksStore>>;
+/// One status task's store and its endpoints-seen view.
+struct PartitionStatus {
+    store: Mutex<RocksStore>,
+    /// `endpoint_hash` → last seen (ms): what `e` keys hold, for `/stats` without the store.
+    endpoints: RwLock<HashMap<String, i64>>,
+}
+
+type SharedStore = Arc<PartitionStatus>;
 
 /// The status stores of this instance's status tasks, for queries.
 #[derive(Clone, Default)]
@@ -111,7 +132,7 @@ impl StatusStores {
     pub fn status(&self, webhook_id: &str) -> Result<Option<WebhookStatus>, StoreError> {
         let key = [b"s", webhook_id.as_bytes()].concat();
         for store in self.stores.read().expect("stores lock").values() {
-            if let Some(bytes) = store.lock().expect("status store lock").get(&key)? {
+            if let Some(bytes) = store.store.lock().expect("status store lock").get(&key)? {
                 return Ok(serde_json::from_slice(&bytes).ok());
             }
         }
@@ -122,22 +143,26 @@ impl StatusStores {
     pub fn window(&self, now_ms: i64, minutes: i64) -> Result<Window, StoreError> {
         let since_minute = now_ms / MINUTE_MS - minutes + 1;
         let mut window = Window::default();
-        for store in self.stores.read().expect("stores lock").values() {
-            let store = store.lock().expect("status store lock");
-            let from = [&b"m"[..], &since_minute.to_be_bytes()].concat();
-            for (_, value) in store.range(&from, b"n", usize::MAX)? {
+        let from = [&b"m"[..], &since_minute.to_be_bytes()].concat();
+        for partition in self.stores.read().expect("stores lock").values() {
+            // At most `minutes` bucket keys: a short read under the store's lock.
+            let buckets = partition.store.lock().expect("status store lock").range(
+                &from,
+                b"n",
+                minutes.max(0) as usize + 1,
+            )?;
+            for (_, value) in buckets {
                 if let Ok(counters) = serde_json::from_slice::<Counters>(&value) {
                     window.counters.add(&counters);
                 }
             }
-            for (key, value) in store.range(b"e", b"f", usize::MAX)? {
-                let seen = <[u8; 8]>::try_from(value.as_slice()).map(i64::from_be_bytes);
-                if seen.is_ok_and(|seen| seen / MINUTE_MS >= since_minute) {
-                    window
-                        .endpoints
-                        .insert(String::from_utf8_lossy(&key[1..]).into_owned());
-                }
-            }
+            let endpoints = partition.endpoints.read().expect("endpoints lock");
+            window.endpoints.extend(
+                endpoints
+                    .iter()
+                    .filter(|(_, seen)| **seen / MINUTE_MS >= since_minute)
+                    .map(|(hash, _)| hash.clone()),
+            );
         }
         Ok(window)
     }
@@ -150,6 +175,8 @@ pub struct StatusProcessor {
     checkpoint: std::path::PathBuf,
     /// The offset after the last result folded into the store.
     next_offset: i64,
+    retention_ms: i64,
+    next_purge_ms: i64,
 }
 
 impl StatusProcessor {
@@ -187,7 +214,7 @@ impl StatusProcessor {
                 Some(until),
                 |record| {
                     if let Some(value) = record.value {
-                        fold(&mut store, &value)?;
+                        fold(&mut store, None, &value)?;
                     }
                     Ok(())
                 },
@@ -196,7 +223,19 @@ impl StatusProcessor {
         }
         let next_offset = committed.unwrap_or(from).max(from);
         tracing::info!(%partition, clean, from, replayed, "status task ready");
-        let store = Arc::new(Mutex::new(store));
+        let mut endpoints = HashMap::new();
+        for (key, value) in store.range(b"e", b"f", usize::MAX)? {
+            if let Ok(seen) = <[u8; 8]>::try_from(value.as_slice()) {
+                endpoints.insert(
+                    String::from_utf8_lossy(&key[1..]).into_owned(),
+                    i64::from_be_bytes(seen),
+                );
+            }
+        }
+        let store = Arc::new(PartitionStatus {
+            store: Mutex::new(store),
+            endpoints: RwLock::new(endpoints),
+        });
         stores.register(partition.partition, Arc::clone(&store));
         Ok(Self {
             partition,
@@ -204,12 +243,24 @@ impl StatusProcessor {
             stores,
             checkpoint,
             next_offset,
+            retention_ms: i64::try_from(settings.status_retention.as_millis()).unwrap_or(i64::MAX),
+            next_purge_ms: 0,
         })
     }
 }
 
-/// Folds one result into the status and stats of `store` (buffered; the caller commits).
-fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
+/// `t ‖ first seen (ms) ‖ webhook_id`: the retention index of a status.
+fn retention_key(first_seen_ms: i64, webhook_id: &[u8]) -> Vec<u8> {
+    [&b"t"[..], &first_seen_ms.to_be_bytes(), webhook_id].concat()
+}
+
+/// Folds one result into the status and stats of `store` (buffered; the caller commits), and
+/// into `endpoints` when the view exists yet (it is built from the store after a replay).
+fn fold(
+    store: &mut RocksStore,
+    endpoints: Option<&RwLock<HashMap<String, i64>>>,
+    value: &[u8],
+) -> Result<(), StoreError> {
     let Ok(result) = serde_json::from_slice::<DeliveryResult>(value) else {
         return Ok(());
     };
@@ -217,20 +268,30 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
         return Ok(());
     }
     let key = [b"s", result.webhook_id.as_bytes()].concat();
-    let mut status = store
+    let stored = store
         .get(&key)?
-        .and_then(|bytes| serde_json::from_slice::<WebhookStatus>(&bytes).ok())
-        .unwrap_or_else(|| WebhookStatus {
-            webhook_id: result.webhook_id.clone(),
-            config_id: Some(result.config_id.clone()),
-            state: "pending".into(),
-            attempts: 0,
-            last_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            next_retry_at: None,
-            delivered_at: None,
-        });
+        .and_then(|bytes| serde_json::from_slice::<WebhookStatus>(&bytes).ok());
+    if stored.is_none() {
+        // First result of this webhook: it expires `status.retention` from now.
+        let first_seen = chrono::DateTime::parse_from_rfc3339(&result.timestamp)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+        store.put(
+            &retention_key(first_seen, result.webhook_id.as_bytes()),
+            b"",
+        );
+    }
+    let mut status = stored.unwrap_or_else(|| WebhookStatus {
+        webhook_id: result.webhook_id.clone(),
+        config_id: Some(result.config_id.clone()),
+        state: "pending".into(),
+        attempts: 0,
+        last_attempt_at: None,
+        last_status_code: None,
+        last_error: None,
+        next_retry_at: None,
+        delivered_at: None,
+    });
     let owner = status
         .config_id
         .get_or_insert_with(|| result.config_id.clone());
@@ -293,9 +354,62 @@ fn fold(store: &mut RocksStore, value: &[u8]) -> Result<(), StoreError> {
             &serde_json::to_vec(&counters).expect("counters serialize"),
         );
     }
-    let endpoint_key = [&b"e"[..], endpoint_hash(&result.endpoint).as_bytes()].concat();
+    let hash = endpoint_hash(&result.endpoint);
+    let endpoint_key = [&b"e"[..], hash.as_bytes()].concat();
     store.put(&endpoint_key, &at_ms.to_be_bytes());
+    if let Some(endpoints) = endpoints {
+        endpoints
+            .write()
+            .expect("endpoints lock")
+            .insert(hash.to_string(), at_ms);
+    }
     Ok(())
+}
+
+impl StatusProcessor {
+    /// Deletes statuses past `status.retention` and buckets and endpoints past 25 h, at most
+    /// [`PURGE_BATCH`] of each; true when a batch was full (more are due).
+    fn purge(&mut self, now_ms: i64) -> Result<bool, StoreError> {
+        let partition = &self.store;
+        let mut store = partition.store.lock().expect("status store lock");
+        let mut full = false;
+
+        let until = retention_key(now_ms.saturating_sub(self.retention_ms), b"");
+        let expired = store.range(b"t", &until, PURGE_BATCH)?;
+        full |= expired.len() == PURGE_BATCH;
+        for (index, _) in expired {
+            store.delete(&[&b"s"[..], &index[9..]].concat());
+            store.delete(&index);
+        }
+
+        let oldest_minute = (now_ms - STATS_KEPT_MS) / MINUTE_MS;
+        let until = [&b"m"[..], &oldest_minute.to_be_bytes()].concat();
+        let buckets = store.range(b"m", &until, PURGE_BATCH)?;
+        full |= buckets.len() == PURGE_BATCH;
+        for (key, _) in buckets {
+            store.delete(&key);
+        }
+
+        let stale: Vec<String> = partition
+            .endpoints
+            .read()
+            .expect("endpoints lock")
+            .iter()
+            .filter(|(_, seen)| **seen < now_ms - STATS_KEPT_MS)
+            .take(PURGE_BATCH)
+            .map(|(hash, _)| hash.clone())
+            .collect();
+        full |= stale.len() == PURGE_BATCH;
+        if !stale.is_empty() {
+            let mut endpoints = partition.endpoints.write().expect("endpoints lock");
+            for hash in stale {
+                store.delete(&[&b"e"[..], hash.as_bytes()].concat());
+                endpoints.remove(&hash);
+            }
+        }
+        store.commit()?;
+        Ok(full)
+    }
 }
 
 /// However the task ends (closed, lost, or its thread failed), the registry lets go of the
@@ -309,9 +423,9 @@ impl Drop for StatusProcessor {
 
 impl Processor for StatusProcessor {
     fn process(&mut self, record: Record, _ctx: &mut Context<'_>) -> Result<(), TaskError> {
-        let mut store = self.store.lock().expect("status store lock");
+        let mut store = self.store.store.lock().expect("status store lock");
         if let Some(value) = record.value {
-            fold(&mut store, &value)?;
+            fold(&mut store, Some(&self.store.endpoints), &value)?;
         }
         // The source topic is the changelog: nothing to log, just apply.
         store.commit()?;
@@ -319,8 +433,21 @@ impl Processor for StatusProcessor {
         Ok(())
     }
 
+    fn punctuate(&mut self, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        if ctx.now_ms < self.next_purge_ms {
+            return Ok(());
+        }
+        let full = self.purge(ctx.now_ms)?;
+        self.next_purge_ms = if full {
+            ctx.now_ms
+        } else {
+            ctx.now_ms + PURGE_INTERVAL_MS
+        };
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<(), TaskError> {
-        let store = self.store.lock().expect("status store lock");
+        let store = self.store.store.lock().expect("status store lock");
         write_source_checkpoint(&store, &self.checkpoint, &self.partition, self.next_offset)
     }
 }
@@ -361,6 +488,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             max_record_bytes: 1024,
             default_max_attempts: 3,
+            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             idempotency_ttl: std::time::Duration::from_secs(60),
         };
         let partition = TopicPartition::new(&kafka.topics.results, 0);
@@ -414,5 +542,90 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stores.status("wh_1").unwrap().unwrap().state, "delivered");
+    }
+
+    #[test]
+    fn statuses_buckets_and_endpoints_past_their_retention_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = KafkaConfig {
+            partitions: 1,
+            ..KafkaConfig::default()
+        };
+        let log = Arc::new(EmbeddedLog::open(None, &catalogue(&kafka)).unwrap());
+        let readers: ReaderFactory = Arc::new(move || {
+            log.reader()
+                .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
+        });
+        let settings = StageSettings {
+            topics: Arc::new(Topics::new(&kafka.topics)),
+            data_dir: dir.path().to_path_buf(),
+            max_record_bytes: 1024,
+            default_max_attempts: 3,
+            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: std::time::Duration::from_secs(60),
+        };
+        let partition = TopicPartition::new(&kafka.topics.results, 0);
+        let stores = StatusStores::default();
+        let mut status =
+            StatusProcessor::open(settings, partition.clone(), None, stores.clone(), readers)
+                .unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let day = 24 * 3600 * 1000;
+        let fold_at = |status: &mut StatusProcessor,
+                       offset: i64,
+                       id: &str,
+                       endpoint: &str,
+                       at: i64| {
+            let timestamp = howk_processor::delivery::decide::rfc3339(at);
+            let value = format!(
+                r#"{{"webhook_id":"{id}","config_id":"shop","endpoint":"{endpoint}","attempt":0,"outcome":"accepted","duration_ms":1,"timestamp":"{timestamp}"}}"#
+            );
+            let record = Record {
+                topic: Arc::clone(&partition.topic),
+                partition: 0,
+                offset,
+                key: None,
+                value: Some(value.into_bytes().into()),
+                timestamp_ms: at,
+            };
+            status
+                .process(record, &mut Context::new(now, &mut Vec::new()))
+                .unwrap();
+        };
+        fold_at(
+            &mut status,
+            0,
+            "wh_old",
+            "https://old.example/h",
+            now - 8 * day,
+        );
+        fold_at(
+            &mut status,
+            1,
+            "wh_mid",
+            "https://mid.example/h",
+            now - 2 * day,
+        );
+        fold_at(
+            &mut status,
+            2,
+            "wh_new",
+            "https://new.example/h",
+            now - 3600 * 1000,
+        );
+        let nine_days = 9 * 24 * 60;
+        assert_eq!(stores.window(now, nine_days).unwrap().counters.enqueued, 3);
+        assert_eq!(stores.window(now, nine_days).unwrap().endpoints.len(), 3);
+
+        status
+            .punctuate(&mut Context::new(now, &mut Vec::new()))
+            .unwrap();
+        assert!(stores.status("wh_old").unwrap().is_none(), "past 7 days");
+        assert!(stores.status("wh_mid").unwrap().is_some());
+        assert!(stores.status("wh_new").unwrap().is_some());
+        // Buckets and endpoints are kept 25 hours.
+        let window = stores.window(now, nine_days).unwrap();
+        assert_eq!(window.counters.enqueued, 1);
+        assert_eq!(window.endpoints.len(), 1);
     }
 }
