@@ -9,8 +9,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use howk_topology::KafkaConfig;
-use howk_topology::log::kafka::KafkaLog;
-use howk_topology::log::{Event, GroupMember, Log, OutRecord, TopicPartition};
+use howk_topology::log::kafka::{KafkaLog, KafkaReader};
+use howk_topology::log::{Event, GroupMember, Log, OutRecord, TopicPartition, TopicReader};
 
 use crate::helpers::howk::Tail;
 use crate::helpers::{create_topic, require_kafka, unique};
@@ -172,4 +172,122 @@ async fn offsets_of_a_transaction_whose_output_failed_are_never_committed() {
         None,
         "the input offset was committed without its outputs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_records_changelog_ends_before_the_next_owner_writes() {
+    // Review H5(a): a task closed after its revocation read its changelog's end offset at close
+    // time, when the next owner may already have written to it; a checkpoint at that offset
+    // makes a later return skip the other owner's writes. The ends are now recorded inside the
+    // revocation, right after its commit, while the partition is still owned.
+    let brokers = require_kafka();
+    let (input, changelog, group) = (unique("h5-in"), unique("h5-changelog"), unique("h5-group"));
+    create_topic(&brokers, &input, 2).await;
+    create_topic(&brokers, &changelog, 2).await;
+    let config = KafkaConfig {
+        brokers: brokers.clone(),
+        ..KafkaConfig::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        let log = Arc::new(KafkaLog::new(config));
+        let input: Arc<str> = Arc::from(input.as_str());
+        let changelog: Arc<str> = Arc::from(changelog.as_str());
+        let mut first = log.join(&group, "a", &[Arc::clone(&input)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut owned = Vec::new();
+        while owned.len() < 2 {
+            assert!(Instant::now() < deadline, "never assigned");
+            if let Ok(Some(Event::Assigned(partitions))) = first.poll(Duration::from_millis(100)) {
+                owned.extend(partitions);
+            }
+        }
+        for source in &owned {
+            let log_of = TopicPartition::new(&changelog, source.partition);
+            first.track_changelogs(source, vec![log_of.clone()]);
+            first
+                .send(OutRecord {
+                    topic: Arc::clone(&changelog),
+                    partition: Some(source.partition),
+                    key: b"k".to_vec(),
+                    value: Some(b"first owner".to_vec()),
+                })
+                .unwrap();
+        }
+        first.commit().unwrap();
+        let mut reader = log.reader().unwrap();
+        let end_before = |reader: &mut KafkaReader, partition: i32| {
+            reader
+                .end_offset(&TopicPartition::new(&changelog, partition))
+                .unwrap()
+        };
+        let ends_after_first: Vec<i64> = (0..2).map(|p| end_before(&mut reader, p)).collect();
+
+        // A second member joins; it writes to the changelog of whatever it is given.
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel::<i32>();
+        let second = {
+            let (log, input, changelog, group) = (
+                Arc::clone(&log),
+                Arc::clone(&input),
+                Arc::clone(&changelog),
+                group.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut second = log.join(&group, "b", &[input]).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    assert!(Instant::now() < deadline, "the second member got nothing");
+                    if let Ok(Some(Event::Assigned(partitions))) =
+                        second.poll(Duration::from_millis(100))
+                    {
+                        let partition = partitions[0].partition;
+                        second
+                            .send(OutRecord {
+                                topic: Arc::clone(&changelog),
+                                partition: Some(partition),
+                                key: b"k".to_vec(),
+                                value: Some(b"second owner".to_vec()),
+                            })
+                            .unwrap();
+                        second.commit().unwrap();
+                        taken_tx.send(partition).unwrap();
+                        // Stay in the group until the test is done.
+                        while second.poll(Duration::from_millis(100)).is_ok() {
+                            if taken_tx.send(partition).is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                }
+            })
+        };
+        // The first member sees the revocation (and keeps polling so the rebalance completes).
+        let mut revoked = Vec::new();
+        let taken = loop {
+            assert!(Instant::now() < deadline, "no revocation");
+            if let Ok(Some(Event::Revoked(partitions))) = first.poll(Duration::from_millis(100)) {
+                revoked.extend(partitions);
+            }
+            if let Ok(partition) = taken_rx.try_recv() {
+                break partition;
+            }
+        };
+        let source = TopicPartition::new(&input, taken);
+        assert!(revoked.contains(&source), "{revoked:?} lacks {source}");
+        // By now the second owner has written to that changelog: an end read now includes it.
+        let log_of = TopicPartition::new(&changelog, taken);
+        let end_now = end_before(&mut reader, taken);
+        assert!(end_now > ends_after_first[taken as usize]);
+        let recorded = first.revoked_changelog_ends(&source);
+        assert_eq!(
+            recorded.get(&log_of),
+            Some(&ends_after_first[taken as usize]),
+            "the recorded end is where the first owner's writes end"
+        );
+        drop(taken_rx);
+        drop(first);
+        let _ = second.join();
+    })
+    .await
+    .unwrap();
 }

@@ -131,6 +131,24 @@ pub trait Processor: Send {
         0
     }
 
-    /// A clean close: the last commit is done; write checkpoints.
-    fn close(&mut self) -> Result<(), TaskError>;
+    /// The changelog partitions of this task's stores: their end offsets are recorded when the
+    /// partition is revoked, while it is still owned (see [`ChangelogEnds`]).
+    fn changelogs(&self) -> Vec<TopicPartition> {
+        Vec::new()
+    }
+
+    /// A clean close: the last commit is done; write checkpoints at `ends`.
+    fn close(&mut self, ends: &ChangelogEnds) -> Result<(), TaskError>;
+}
+
+/// Where a closing task's changelogs end, for its checkpoint.
+#[derive(Debug, Clone)]
+pub enum ChangelogEnds {
+    /// The partition is still owned (a clean shutdown): read the ends now.
+    ReadNow,
+    /// The partition was revoked: the ends recorded inside the revocation, right after its
+    /// commit and before the next owner could write (review H5). A changelog missing here
+    /// gets no checkpoint, so the next open rebuilds it rather than trust an end read later,
+    /// which could include the next owner's writes and make a return skip them.
+    Recorded(std::collections::HashMap<TopicPartition, i64>),
 }

@@ -15,7 +15,7 @@ use howk_state::rocks::RocksStore;
 use howk_state::store::{ChangelogRecord, Store, StoreError};
 
 use crate::log::{ReadEvent, TopicPartition, TopicReader};
-use crate::processor::TaskError;
+use crate::processor::{ChangelogEnds, TaskError};
 
 /// How long restoring one store may take before the task gives up (and the thread restarts).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -91,20 +91,29 @@ impl OpenedStore {
     }
 }
 
-/// Marks `store` closed cleanly at the end of its changelog (or, for a store without one, just
-/// clean), after flushing it to disk.
+/// Marks `store` closed cleanly at the end of its changelog, after flushing it to disk. The end
+/// is read now when the partition is still owned, else taken from what the revocation recorded;
+/// without a recorded end no checkpoint is written (the next open rebuilds the store).
 pub fn write_checkpoint(
     store: &RocksStore,
     path: &Path,
-    changelog: Option<&TopicPartition>,
+    changelog: &TopicPartition,
+    ends: &ChangelogEnds,
     reader: &mut dyn TopicReader,
 ) -> Result<(), TaskError> {
+    let end = match ends {
+        ChangelogEnds::ReadNow => reader.end_offset(changelog)?,
+        ChangelogEnds::Recorded(recorded) => match recorded.get(changelog) {
+            Some(end) => *end,
+            None => {
+                tracing::warn!(%changelog, "no end recorded at revocation; the store will be rebuilt");
+                return Ok(());
+            }
+        },
+    };
     store.persist()?;
     let mut checkpoint = Checkpoint::default();
-    if let Some(changelog) = changelog {
-        let end = reader.end_offset(changelog)?;
-        checkpoint.set(&changelog.topic, changelog.partition, end);
-    }
+    checkpoint.set(&changelog.topic, changelog.partition, end);
     checkpoint.write(path)?;
     Ok(())
 }

@@ -24,7 +24,9 @@ use crate::log::{
     record_bytes,
 };
 use crate::metrics::{ReasonLabel, metrics};
-use crate::processor::{Completion, CompletionSender, Context, Processor, TaskError};
+use crate::processor::{
+    ChangelogEnds, Completion, CompletionSender, Context, Processor, TaskError,
+};
 
 /// Makes the processor of each assigned partition.
 pub trait TaskFactory: Send + Sync {
@@ -283,6 +285,7 @@ pub fn run<L: Log>(
                                 partition: partition.clone(),
                                 source,
                             })?;
+                    member.track_changelogs(&partition, processor.changelogs());
                     tracing::debug!(%partition, ?committed, "task created");
                     metrics().tasks.inc();
                     tasks.insert(
@@ -302,6 +305,7 @@ pub fn run<L: Log>(
             Some(Event::Lost(partitions)) => {
                 // Dropped without a clean checkpoint: the next owner rebuilds their stores.
                 for partition in partitions {
+                    let _ = member.revoked_changelog_ends(&partition);
                     if tasks.remove(&partition).is_some() {
                         metrics().tasks.dec();
                         tracing::warn!(%partition, "task lost; its uncommitted work is redone");
@@ -311,9 +315,10 @@ pub fn run<L: Log>(
             Some(Event::Revoked(partitions)) => {
                 // The callback committed; what is still in flight is the next owner's.
                 for partition in partitions {
+                    let ends = ChangelogEnds::Recorded(member.revoked_changelog_ends(&partition));
                     if let Some(mut task) = tasks.remove(&partition) {
                         metrics().tasks.dec();
-                        task.processor.close().map_err(|e| task.failed(e))?;
+                        task.processor.close(&ends).map_err(|e| task.failed(e))?;
                     }
                 }
             }
@@ -366,7 +371,9 @@ pub fn run<L: Log>(
     member.commit()?;
     for (_, mut task) in tasks.drain() {
         metrics().tasks.dec();
-        task.processor.close().map_err(|e| task.failed(e))?;
+        task.processor
+            .close(&ChangelogEnds::ReadNow)
+            .map_err(|e| task.failed(e))?;
     }
     tracing::info!("stream thread stopped cleanly");
     Ok(())
@@ -394,7 +401,7 @@ mod tests {
             Ok(())
         }
 
-        fn close(&mut self) -> Result<(), TaskError> {
+        fn close(&mut self, _: &ChangelogEnds) -> Result<(), TaskError> {
             Ok(())
         }
     }

@@ -263,6 +263,8 @@ impl Log for KafkaLog {
             failure: Mutex::new(None),
             timeout: self.config.request_timeout,
             poisoned: std::sync::atomic::AtomicBool::new(false),
+            changelogs: Mutex::new(HashMap::new()),
+            revoked_ends: Mutex::new(HashMap::new()),
         });
         let consumer: BaseConsumer<MemberContext> = client_config(&self.config)
             .set("group.id", group)
@@ -378,6 +380,10 @@ struct MemberShared {
     /// otherwise commit the staged offsets of aborted work in a fresh, empty transaction
     /// (review H2).
     poisoned: std::sync::atomic::AtomicBool,
+    /// Source partition → the changelog partitions of its task (`track_changelogs`).
+    changelogs: Mutex<HashMap<TopicPartition, Vec<TopicPartition>>>,
+    /// Source partition → its changelogs' ends, recorded at its revocation.
+    revoked_ends: Mutex<HashMap<TopicPartition, HashMap<TopicPartition, i64>>>,
 }
 
 impl MemberShared {
@@ -461,6 +467,30 @@ impl ConsumerContext for MemberContext {
                     }
                 }
             };
+            if committed {
+                // Still owned: nobody else can have written these changelogs since the commit,
+                // so their ends now are exactly what the closing tasks' stores hold (review H5).
+                // Once this callback returns the next owner may write to them.
+                let changelogs = self.shared.changelogs.lock().expect("changelogs lock");
+                let mut recorded = self.shared.revoked_ends.lock().expect("revoked ends lock");
+                for source in &revoked {
+                    let mut ends = HashMap::new();
+                    for changelog in changelogs.get(source).into_iter().flatten() {
+                        match consumer.fetch_watermarks(
+                            &changelog.topic,
+                            changelog.partition,
+                            self.shared.timeout,
+                        ) {
+                            Ok((_, high)) => {
+                                ends.insert(changelog.clone(), high);
+                            }
+                            Err(error) => tracing::warn!(%changelog, error = %error,
+                                "cannot record a changelog end; its store will be rebuilt"),
+                        }
+                    }
+                    recorded.insert(source.clone(), ends);
+                }
+            }
             staged.retain(|tp, _| !revoked.contains(tp));
             if !committed {
                 // Offsets staged for partitions we keep describe aborted work as well.
@@ -591,6 +621,28 @@ impl GroupMember for KafkaMember {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             }))
+    }
+
+    fn track_changelogs(&mut self, source: &TopicPartition, changelogs: Vec<TopicPartition>) {
+        self.shared
+            .changelogs
+            .lock()
+            .expect("changelogs lock")
+            .insert(source.clone(), changelogs);
+    }
+
+    fn revoked_changelog_ends(&mut self, source: &TopicPartition) -> HashMap<TopicPartition, i64> {
+        self.shared
+            .changelogs
+            .lock()
+            .expect("changelogs lock")
+            .remove(source);
+        self.shared
+            .revoked_ends
+            .lock()
+            .expect("revoked ends lock")
+            .remove(source)
+            .unwrap_or_default()
     }
 
     fn pause(&mut self, partition: &TopicPartition, paused: bool) -> Result<(), LogError> {

@@ -13,6 +13,7 @@
 pub mod embedded;
 pub mod kafka;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -181,6 +182,17 @@ pub trait GroupMember: Send {
 
     /// Stops (or resumes) fetching a partition, for backpressure.
     fn pause(&mut self, partition: &TopicPartition, paused: bool) -> Result<(), LogError>;
+
+    /// The changelog partitions of the task reading `source`: when `source` is revoked, their
+    /// end offsets are recorded right after the revocation's commit, while it is still owned.
+    /// A log whose partitions never move to another member needs nothing (the default).
+    fn track_changelogs(&mut self, _source: &TopicPartition, _changelogs: Vec<TopicPartition>) {}
+
+    /// The changelog ends recorded when `source` was revoked (taken once); empty when none
+    /// were recorded.
+    fn revoked_changelog_ends(&mut self, _source: &TopicPartition) -> HashMap<TopicPartition, i64> {
+        HashMap::new()
+    }
 }
 
 /// Makes readers on demand: restoration and checkpoints need one briefly, and a Kafka reader is

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::metrics::{ReasonLabel, metrics};
-use crate::processor::{CompletionSender, Context, Processor, TaskError};
+use crate::processor::{ChangelogEnds, CompletionSender, Context, Processor, TaskError};
 use crate::restore::write_checkpoint;
 use crate::scripts_table::ScriptsTable;
 
@@ -406,7 +406,11 @@ impl Processor for DeliverProcessor {
         self.held
     }
 
-    fn close(&mut self) -> Result<(), TaskError> {
+    fn changelogs(&self) -> Vec<TopicPartition> {
+        vec![self.changelog.clone()]
+    }
+
+    fn close(&mut self, ends: &ChangelogEnds) -> Result<(), TaskError> {
         metrics().in_flight.dec_by(self.held as i64);
         tracing::debug!(partition = %self.partition, counters = ?self.counters,
             abandoned = self.held, "deliver task closed");
@@ -420,7 +424,8 @@ impl Processor for DeliverProcessor {
         write_checkpoint(
             &self.store,
             &self.checkpoint,
-            Some(&self.changelog),
+            &self.changelog,
+            ends,
             (self.readers)()?.as_mut(),
         )
     }

@@ -18,7 +18,7 @@ use howk_state::store::Store;
 use super::{StageSettings, invalid_record_letter, open_task_store, send_dead_letter, send_result};
 use crate::log::{ReaderFactory, Record, TopicPartition};
 use crate::metrics::{ReasonLabel, metrics};
-use crate::processor::{Context, Processor, TaskError};
+use crate::processor::{ChangelogEnds, Context, Processor, TaskError};
 use crate::restore::write_checkpoint;
 
 /// How often expired idempotency keys are purged.
@@ -187,12 +187,17 @@ impl Processor for IngestProcessor {
         self.flush(ctx)
     }
 
-    fn close(&mut self) -> Result<(), TaskError> {
+    fn changelogs(&self) -> Vec<TopicPartition> {
+        vec![self.changelog.clone()]
+    }
+
+    fn close(&mut self, ends: &ChangelogEnds) -> Result<(), TaskError> {
         tracing::debug!(partition = %self.partition, counters = ?self.counters, "ingest task closed");
         write_checkpoint(
             &self.store,
             &self.checkpoint,
-            Some(&self.changelog),
+            &self.changelog,
+            ends,
             (self.readers)()?.as_mut(),
         )
     }

@@ -11,7 +11,7 @@ use howk_state::timer::TimerStore;
 
 use super::{StageSettings, dead_letter_undecodable, open_task_store};
 use crate::log::{ReaderFactory, Record, TopicPartition};
-use crate::processor::{Context, Processor, TaskError};
+use crate::processor::{ChangelogEnds, Context, Processor, TaskError};
 use crate::restore::write_checkpoint;
 
 /// Timers re-emitted per punctuation (every 100 ms), so a burst of due retries is spread over
@@ -106,11 +106,16 @@ impl Processor for RetryProcessor {
         self.flush(ctx)
     }
 
-    fn close(&mut self) -> Result<(), TaskError> {
+    fn changelogs(&self) -> Vec<TopicPartition> {
+        vec![self.changelog.clone()]
+    }
+
+    fn close(&mut self, ends: &ChangelogEnds) -> Result<(), TaskError> {
         write_checkpoint(
             self.timers.store(),
             &self.checkpoint,
-            Some(&self.changelog),
+            &self.changelog,
+            ends,
             (self.readers)()?.as_mut(),
         )
     }

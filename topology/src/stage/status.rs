@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StageSettings;
 use crate::log::{ReaderFactory, Record, TopicPartition};
-use crate::processor::{Context, Processor, TaskError};
+use crate::processor::{ChangelogEnds, Context, Processor, TaskError};
 use crate::restore::{open_store, replay, write_source_checkpoint};
 
 /// One webhook's status, as `GET /webhooks/:id/status` shows it.
@@ -446,7 +446,8 @@ impl Processor for StatusProcessor {
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), TaskError> {
+    fn close(&mut self, _: &ChangelogEnds) -> Result<(), TaskError> {
+        // Its source is its changelog, and the offset it folded up to is its own.
         let store = self.store.store.lock().expect("status store lock");
         write_source_checkpoint(&store, &self.checkpoint, &self.partition, self.next_offset)
     }
@@ -528,7 +529,7 @@ mod tests {
                 &mut Context::new(0, &mut outputs),
             )
             .unwrap();
-        status.close().unwrap();
+        status.close(&ChangelogEnds::ReadNow).unwrap();
         drop(status);
 
         // Another owner folds the delivery and commits past it; the partition comes back.
