@@ -291,3 +291,63 @@ async fn a_revocation_records_changelog_ends_before_the_next_owner_writes() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_from_zero_starts_at_the_oldest_record_left() {
+    // Review M2: once retention deleted a topic's first records, a reader assigned at offset 0
+    // jumped to the end (librdkafka's default reset), and a status rebuild folded nothing.
+    let brokers = require_kafka();
+    let topic = unique("m2-results");
+    create_topic(&brokers, &topic, 1).await;
+    let log = KafkaLog::new(KafkaConfig {
+        brokers: brokers.clone(),
+        ..KafkaConfig::default()
+    });
+    let name: Arc<str> = Arc::from(topic.as_str());
+    log.produce(
+        (0..5)
+            .map(|n| OutRecord {
+                topic: Arc::clone(&name),
+                partition: Some(0),
+                key: b"k".to_vec(),
+                value: Some(format!("r{n}").into_bytes()),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset(&topic, 0, Offset::Offset(3))
+        .unwrap();
+    admin
+        .delete_records(&before, &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+
+    let values = tokio::task::spawn_blocking(move || {
+        let mut reader = log.reader().unwrap();
+        reader
+            .assign(&[(TopicPartition::new(&name, 0), 0)])
+            .unwrap();
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(200)).unwrap() {
+                Some(howk_topology::log::ReadEvent::Record(record)) => {
+                    values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap())
+                }
+                Some(howk_topology::log::ReadEvent::EndOfPartition(_)) => break,
+                None => {}
+            }
+        }
+        values
+    })
+    .await
+    .unwrap();
+    assert_eq!(values, ["r3", "r4"]);
+}
