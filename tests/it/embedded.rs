@@ -15,7 +15,7 @@ use howk_topology::topics::catalogue;
 use howk_topology::{KafkaConfig, ProcessingConfig};
 
 use crate::delivery::{assert_happy_path, happy_path_workload};
-use crate::helpers::sink::WebhookSink;
+use crate::helpers::sink::{Reply, WebhookSink};
 use crate::helpers::wait_for;
 
 /// Every committed record of `topic`.
@@ -111,6 +111,85 @@ async fn the_happy_path_runs_on_the_embedded_log() {
     assert_eq!(window.counters.enqueued, 1000);
     assert_eq!(window.counters.delivered, 1000);
     assert_eq!(window.endpoints.len(), 5);
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_task_aborts_its_running_attempts() {
+    // Review LOW: a closed (or revoked) deliver task left its attempts running; after a
+    // reassignment to the same process the old incarnation's attempt ran beside the new one's
+    // for the same endpoint. Now closing the task aborts them: the old request is dropped.
+    let sink = WebhookSink::start().await;
+    sink.plan("slow", [Reply::status(200).after(Duration::from_secs(20))]);
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        partitions: 1,
+        ..KafkaConfig::default()
+    };
+    let log =
+        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
+    let start_topology = |log: Arc<EmbeddedLog>| {
+        let config = TopologyConfig {
+            kafka: kafka.clone(),
+            processing: ProcessingConfig {
+                data_dir: dir.path().join("state"),
+                instance_id: "embedded".into(),
+                shutdown_grace: Duration::from_millis(100),
+                ..ProcessingConfig::default()
+            },
+            max_in_flight: 1000,
+            ..TopologyConfig::default()
+        };
+        let engines = Engines {
+            pool: None,
+            client: DeliveryClient::new(
+                &DeliveryConfig {
+                    allowed_cidrs: vec!["127.0.0.0/8".into()],
+                    ..DeliveryConfig::default()
+                },
+                TemplateResolver::new(process_env(), Vec::new()),
+            )
+            .unwrap(),
+        };
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
+    };
+    let running = start_topology(Arc::clone(&log)).await.unwrap().unwrap();
+    log.produce(vec![OutRecord {
+        topic: Arc::from(kafka.topics.pending.as_str()),
+        partition: None,
+        key: b"slow:1".to_vec(),
+        value: Some(
+            format!(r#"{{"endpoint": "{}", "payload": 1}}"#, sink.url("slow")).into_bytes(),
+        ),
+    }])
+    .unwrap();
+    wait_for("the attempt in flight", Duration::from_secs(30), || async {
+        (sink.in_flight("slow").0 == 1).then_some(())
+    })
+    .await;
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    // The task closed with its attempt unfinished: the attempt is aborted, its request dropped.
+    wait_for(
+        "the old request to be dropped",
+        Duration::from_secs(10),
+        || async { (sink.in_flight("slow").0 == 0).then_some(()) },
+    )
+    .await;
+
+    // The same process takes the partition again: the webhook is redone, alone.
+    let running = start_topology(Arc::clone(&log)).await.unwrap().unwrap();
+    wait_for("the redone attempt", Duration::from_secs(30), || async {
+        (sink.received("slow").len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(sink.in_flight("slow").1, 1, "two attempts ran at once");
     tokio::task::spawn_blocking(move || running.stop())
         .await
         .unwrap()

@@ -57,6 +57,29 @@ struct Inner {
     received: HashMap<String, Vec<Received>>,
     plans: HashMap<String, VecDeque<Reply>>,
     chaos: Option<Chaos>,
+    /// Requests being answered now, and the most at once, per path.
+    in_flight: HashMap<String, (usize, usize)>,
+}
+
+/// Counts a request as in flight until its handler ends or is dropped (the client went away).
+struct InFlight {
+    sink: WebhookSink,
+    name: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((now, _)) = self
+            .sink
+            .inner
+            .lock()
+            .unwrap()
+            .in_flight
+            .get_mut(&self.name)
+        {
+            *now -= 1;
+        }
+    }
 }
 
 /// Unplanned requests fail or answer slowly at these rates (a flaky receiver for soak tests).
@@ -126,6 +149,17 @@ impl WebhookSink {
         self.inner.lock().unwrap().chaos = chaos;
     }
 
+    /// Requests to `/hook/{name}` being answered now, and the most at once so far.
+    pub fn in_flight(&self, name: &str) -> (usize, usize) {
+        self.inner
+            .lock()
+            .unwrap()
+            .in_flight
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Every request received, on every path.
     pub fn all_received(&self) -> Vec<Received> {
         self.inner
@@ -170,6 +204,9 @@ async fn hook(
     // The lock is released before any await: a reply may be delayed.
     let reply = {
         let mut inner = sink.inner.lock().unwrap();
+        let counts = inner.in_flight.entry(name.clone()).or_default();
+        counts.0 += 1;
+        counts.1 = counts.1.max(counts.0);
         let headers = headers
             .iter()
             .map(|(k, v)| {
@@ -193,6 +230,10 @@ async fn hook(
             (None, Some(chaos)) => chaos.next_reply(),
             (None, None) => Reply::status(200),
         }
+    };
+    let _in_flight = InFlight {
+        sink: sink.clone(),
+        name: name.clone(),
     };
     if let Some(delay) = reply.delay {
         tokio::time::sleep(delay).await;
