@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use howk_topology::KafkaConfig;
-use howk_topology::log::kafka::{KafkaLog, KafkaReader};
+use howk_topology::log::kafka::{KafkaLog, KafkaMember, KafkaReader};
 use howk_topology::log::{Event, GroupMember, Log, OutRecord, TopicPartition, TopicReader};
 
 use crate::helpers::howk::Tail;
@@ -35,6 +35,32 @@ fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
     }
 }
 
+/// Writes one record to partition 0 of `input`, joins `group` on it and polls until the
+/// member has that record.
+fn member_with_one_record(
+    log: &KafkaLog,
+    group: &str,
+    input: &Arc<str>,
+) -> (KafkaMember, howk_topology::log::Record) {
+    log.produce(vec![OutRecord {
+        topic: Arc::clone(input),
+        partition: Some(0),
+        key: b"k".to_vec(),
+        value: Some(b"in".to_vec()),
+    }])
+    .unwrap();
+    let mut member = log
+        .join(group, &unique("eos-member"), &[Arc::clone(input)])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no record arrived");
+        if let Ok(Some(Event::Record(record))) = member.poll(Duration::from_millis(100)) {
+            return (member, record);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn offsets_of_a_transaction_the_broker_aborted_are_never_committed() {
     let brokers = require_kafka();
@@ -49,23 +75,7 @@ async fn offsets_of_a_transaction_the_broker_aborted_are_never_committed() {
     let commit_result = tokio::task::spawn_blocking(move || {
         let log = KafkaLog::new(config);
         let input: Arc<str> = Arc::from(input_for_log.as_str());
-        log.produce(vec![OutRecord {
-            topic: Arc::clone(&input),
-            partition: Some(0),
-            key: b"k".to_vec(),
-            value: Some(b"in".to_vec()),
-        }])
-        .unwrap();
-        let mut member = log
-            .join(&group, &unique("eos-member"), &[Arc::clone(&input)])
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let record = loop {
-            assert!(Instant::now() < deadline, "no record arrived");
-            if let Ok(Some(Event::Record(record))) = member.poll(Duration::from_millis(100)) {
-                break record;
-            }
-        };
+        let (mut member, record) = member_with_one_record(&log, &group, &input);
         member
             .send(OutRecord {
                 topic: Arc::from(output_for_log.as_str()),
@@ -125,23 +135,7 @@ async fn offsets_of_a_transaction_whose_output_failed_are_never_committed() {
         let log = KafkaLog::new(config);
         let input: Arc<str> = Arc::from(input_for_log.as_str());
         let output: Arc<str> = Arc::from(output_for_log.as_str());
-        log.produce(vec![OutRecord {
-            topic: Arc::clone(&input),
-            partition: Some(0),
-            key: b"k".to_vec(),
-            value: Some(b"in".to_vec()),
-        }])
-        .unwrap();
-        let mut member = log
-            .join(&group, &unique("eos-member"), &[Arc::clone(&input)])
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let record = loop {
-            assert!(Instant::now() < deadline, "no record arrived");
-            if let Ok(Some(Event::Record(record))) = member.poll(Duration::from_millis(100)) {
-                break record;
-            }
-        };
+        let (mut member, record) = member_with_one_record(&log, &group, &input);
         let output_record = |partition, value: &[u8]| OutRecord {
             topic: Arc::clone(&output),
             partition: Some(partition),

@@ -469,9 +469,15 @@ mod tests {
         .into_bytes()
     }
 
-    #[test]
-    fn a_kept_store_folds_what_another_owner_folded_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An embedded log with the results topic (one partition), readers on it, and settings.
+    fn fixture(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<EmbeddedLog>,
+        ReaderFactory,
+        StageSettings,
+        TopicPartition,
+    ) {
         let kafka = KafkaConfig {
             partitions: 1,
             ..KafkaConfig::default()
@@ -486,13 +492,20 @@ mod tests {
         };
         let settings = StageSettings {
             topics: Arc::new(Topics::new(&kafka.topics)),
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             max_record_bytes: 1024,
             default_max_attempts: 3,
             status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             idempotency_ttl: std::time::Duration::from_secs(60),
         };
         let partition = TopicPartition::new(&kafka.topics.results, 0);
+        (log, readers, settings, partition)
+    }
+
+    #[test]
+    fn a_kept_store_folds_what_another_owner_folded_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, readers, settings, partition) = fixture(dir.path());
         let produce = |value: Vec<u8>| {
             log.produce(vec![OutRecord {
                 topic: Arc::clone(&partition.topic),
@@ -548,24 +561,7 @@ mod tests {
     #[test]
     fn statuses_buckets_and_endpoints_past_their_retention_are_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let kafka = KafkaConfig {
-            partitions: 1,
-            ..KafkaConfig::default()
-        };
-        let log = Arc::new(EmbeddedLog::open(None, &catalogue(&kafka)).unwrap());
-        let readers: ReaderFactory = Arc::new(move || {
-            log.reader()
-                .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
-        });
-        let settings = StageSettings {
-            topics: Arc::new(Topics::new(&kafka.topics)),
-            data_dir: dir.path().to_path_buf(),
-            max_record_bytes: 1024,
-            default_max_attempts: 3,
-            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
-            idempotency_ttl: std::time::Duration::from_secs(60),
-        };
-        let partition = TopicPartition::new(&kafka.topics.results, 0);
+        let (_log, readers, settings, partition) = fixture(dir.path());
         let stores = StatusStores::default();
         let mut status =
             StatusProcessor::open(settings, partition.clone(), None, stores.clone(), readers)
