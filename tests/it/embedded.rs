@@ -111,6 +111,9 @@ async fn the_happy_path_runs_on_the_embedded_log() {
     assert_eq!(window.counters.enqueued, 1000);
     assert_eq!(window.counters.delivered, 1000);
     assert_eq!(window.endpoints.len(), 5);
+    // Healthy endpoints leave nothing behind in the deliver tasks' circuit caches (review M4);
+    // the other in-process test delivers only to a healthy endpoint too.
+    assert_eq!(howk_topology::metrics::metrics().circuits_cached.get(), 0);
     tokio::task::spawn_blocking(move || running.stop())
         .await
         .unwrap()

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub consumer_lag: Gauge,
     /// API requests by route template and status.
     pub api_requests: Family<RouteLabels, Counter>,
+    /// Endpoint circuits deliver tasks keep in memory (only those not closed and clean).
+    pub circuits_cached: Gauge,
     /// Script engine threads abandoned in a stuck library call, since start.
     pub script_threads_abandoned: Gauge,
     /// Script engine threads stuck in a library call now.
@@ -81,6 +83,7 @@ impl Metrics {
             commits: Counter::default(),
             consumer_lag: Gauge::default(),
             api_requests: Family::default(),
+            circuits_cached: Gauge::default(),
             script_threads_abandoned: Gauge::default(),
             script_threads_stuck: Gauge::default(),
             script_pool_degraded: Gauge::default(),
@@ -144,6 +147,11 @@ impl Metrics {
             "api_requests",
             "API requests by route and status",
             metrics.api_requests.clone(),
+        );
+        registry.register(
+            "circuits_cached",
+            "Endpoint circuits kept in memory by deliver tasks (open, half-open or with failures)",
+            metrics.circuits_cached.clone(),
         );
         registry.register(
             "script_threads_abandoned",

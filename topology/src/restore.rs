@@ -18,7 +18,7 @@ use crate::log::{ReadEvent, TopicPartition, TopicReader};
 use crate::processor::{ChangelogEnds, TaskError};
 
 /// How long restoring one store may take before the task gives up (and the thread restarts).
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A store being restored and where its checkpoint lives.
 pub struct OpenedStore {

@@ -91,6 +91,10 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest the stream thread may go between polls: a full restore (restore.rs allows
 /// 600 s) plus margin.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(900);
+const _: () = assert!(
+    MAX_POLL_INTERVAL.as_secs() > crate::restore::RESTORE_TIMEOUT.as_secs(),
+    "a restore on the polling thread must end before the member is kicked out"
+);
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> LogError {
     move |source| LogError::Kafka { operation, source }

@@ -108,6 +108,7 @@ impl Drop for DeliverProcessor {
         for (_, attempt) in self.running.drain() {
             attempt.abort();
         }
+        metrics().circuits_cached.dec_by(self.circuits.len() as i64);
     }
 }
 
@@ -162,6 +163,7 @@ impl DeliverProcessor {
         change: impl FnOnce(&mut CircuitState, &CircuitBreakerConfig) -> R,
     ) -> Result<R, TaskError> {
         let shared = Arc::clone(&self.shared);
+        let cached_before = self.circuits.len();
         let circuit = self.circuit(endpoint)?;
         let before = circuit.clone();
         let result = change(circuit, &shared.circuit);
@@ -175,6 +177,9 @@ impl DeliverProcessor {
             // millions of healthy endpoints must not hold them all (review M4).
             self.circuits.remove(endpoint);
         }
+        metrics()
+            .circuits_cached
+            .inc_by(self.circuits.len() as i64 - cached_before as i64);
         Ok(result)
     }
 
