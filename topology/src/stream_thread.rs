@@ -23,7 +23,7 @@ use crate::log::{
     Event, GroupMember, Log, LogError, MAX_MESSAGE_BYTES, OutRecord, Record, TopicPartition,
     record_bytes,
 };
-use crate::metrics::{ReasonLabel, metrics};
+use crate::metrics::metrics;
 use crate::processor::{
     ChangelogEnds, Completion, CompletionSender, Context, Processor, TaskError,
 };
@@ -173,12 +173,6 @@ impl Task {
         }
         tracing::error!(partition = %self.partition, topic = %output.topic, bytes,
             "an output is over the record budget; dead-lettering it instead");
-        metrics()
-            .dead_letters
-            .get_or_create(&ReasonLabel {
-                reason: "invalid_record".into(),
-            })
-            .inc();
         let raw = output.value.unwrap_or_default();
         let reason = format!(
             "a record of {bytes} bytes for {} is over the {MAX_OUTPUT_BYTES}-byte budget",

@@ -17,7 +17,7 @@ use howk_state::store::Store;
 
 use super::{StageSettings, invalid_record_letter, open_task_store, send_dead_letter, send_result};
 use crate::log::{ReaderFactory, Record, TopicPartition};
-use crate::metrics::{ReasonLabel, metrics};
+use crate::metrics::metrics;
 use crate::processor::{ChangelogEnds, Context, Processor, TaskError};
 use crate::restore::write_checkpoint;
 
@@ -125,12 +125,6 @@ impl Processor for IngestProcessor {
             Ok(webhook) => webhook,
             Err(invalid) => {
                 self.counters.invalid += 1;
-                metrics()
-                    .dead_letters
-                    .get_or_create(&ReasonLabel {
-                        reason: "invalid_record".into(),
-                    })
-                    .inc();
                 let id = WebhookId::from_offset(&record.topic, record.partition, record.offset);
                 tracing::debug!(webhook_id = id.as_str(), reason = %invalid, "invalid record");
                 let letter = invalid_record_letter(&raw, invalid.0, ctx.now_ms);

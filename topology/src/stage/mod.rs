@@ -109,12 +109,6 @@ pub(crate) fn dead_letter_undecodable(
     raw: &[u8],
     reason: String,
 ) {
-    metrics()
-        .dead_letters
-        .get_or_create(&ReasonLabel {
-            reason: "invalid_record".into(),
-        })
-        .inc();
     let id = key
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default();
@@ -139,8 +133,16 @@ pub(crate) fn send_dead_letter(
     ctx.send(&topics.deadletter, webhook_id.as_bytes(), value);
 }
 
-/// A dead letter for a record that is not a valid webhook (or internal record).
+/// A dead letter for a record that is not a valid webhook (or internal record, or an output
+/// over the size budget), counted in `howk_dead_letters_total{reason="invalid_record"}`: every
+/// one made is sent.
 pub(crate) fn invalid_record_letter(raw: &[u8], reason: String, now_ms: i64) -> DeadLetter {
+    metrics()
+        .dead_letters
+        .get_or_create(&ReasonLabel {
+            reason: "invalid_record".into(),
+        })
+        .inc();
     DeadLetter {
         webhook: serde_json::value::to_raw_value(
             &howk_processor::record::outcome::redacted_raw_record(raw),
