@@ -138,20 +138,18 @@ impl DeliverProcessor {
         })
     }
 
-    fn circuit(&mut self, endpoint: &str) -> Result<&mut CircuitState, TaskError> {
-        if !self.circuits.contains_key(endpoint) {
-            let mut state: CircuitState = self
-                .store
-                .get(endpoint.as_bytes())?
-                .and_then(|bytes| postcard::from_bytes(&bytes).ok())
-                .unwrap_or_default();
-            // A probe recorded as in flight belonged to an earlier incarnation (crash, restart,
-            // rebalance): its attempt is gone, so this task must be free to probe again, or the
-            // endpoint would be held forever (review H1).
-            state.release_probe();
-            self.circuits.insert(endpoint.to_owned(), state);
-        }
-        Ok(self.circuits.get_mut(endpoint).expect("inserted above"))
+    /// The circuit of `endpoint` as the store has it.
+    fn load_circuit(&self, endpoint: &str) -> Result<CircuitState, TaskError> {
+        let mut state: CircuitState = self
+            .store
+            .get(endpoint.as_bytes())?
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok())
+            .unwrap_or_default();
+        // A probe recorded as in flight belonged to an earlier incarnation (crash, restart,
+        // rebalance): its attempt is gone, so this task must be free to probe again, or the
+        // endpoint would be held forever (review H1).
+        state.release_probe();
+        Ok(state)
     }
 
     /// Applies `change` to the circuit of `endpoint`, storing (and so changelogging) it only
@@ -162,24 +160,27 @@ impl DeliverProcessor {
         endpoint: &str,
         change: impl FnOnce(&mut CircuitState, &CircuitBreakerConfig) -> R,
     ) -> Result<R, TaskError> {
-        let shared = Arc::clone(&self.shared);
-        let cached_before = self.circuits.len();
-        let circuit = self.circuit(endpoint)?;
+        let cached = self.circuits.remove(endpoint);
+        let was_cached = cached.is_some();
+        let mut circuit = match cached {
+            Some(circuit) => circuit,
+            None => self.load_circuit(endpoint)?,
+        };
         let before = circuit.clone();
-        let result = change(circuit, &shared.circuit);
-        let healthy = *circuit == CircuitState::default();
-        if *circuit != before {
-            let bytes = postcard::to_stdvec(&*circuit).expect("a circuit state serializes");
+        let result = change(&mut circuit, &self.shared.circuit);
+        if circuit != before {
+            let bytes = postcard::to_stdvec(&circuit).expect("a circuit state serializes");
             self.store.put(endpoint.as_bytes(), &bytes);
         }
-        if healthy {
-            // Only circuits with something to remember stay in memory: a task that has seen
-            // millions of healthy endpoints must not hold them all (review M4).
-            self.circuits.remove(endpoint);
+        // Only circuits with something to remember stay in memory: a task that has seen
+        // millions of healthy endpoints must not hold them all (review M4).
+        let keep = circuit != CircuitState::default();
+        if keep {
+            self.circuits.insert(endpoint.to_owned(), circuit);
         }
         metrics()
             .circuits_cached
-            .inc_by(self.circuits.len() as i64 - cached_before as i64);
+            .inc_by(i64::from(keep) - i64::from(was_cached));
         Ok(result)
     }
 
