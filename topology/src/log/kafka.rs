@@ -444,15 +444,13 @@ impl ConsumerContext for MemberContext {
             // A lost assignment (session expired, coordinator failover) cannot commit: abort.
             // A commit that fails (a fenced member) has aborted too. Either way the work since
             // the last commit is gone, and the tasks must not pretend otherwise.
-            let committed = if self.shared.is_poisoned() {
-                tracing::warn!(
-                    "revocation after a failed send or commit; aborting, not committing"
-                );
-                let _ = self.shared.producer.abort_transaction(self.shared.timeout);
-                let _ = self.shared.producer.begin_transaction();
-                false
-            } else if consumer.assignment_lost() {
-                tracing::warn!("assignment lost; aborting the open transaction");
+            let poisoned = self.shared.is_poisoned();
+            let committed = if poisoned || consumer.assignment_lost() {
+                if poisoned {
+                    tracing::warn!("revocation after a failed send or commit; aborting");
+                } else {
+                    tracing::warn!("assignment lost; aborting the open transaction");
+                }
                 let _ = self.shared.producer.abort_transaction(self.shared.timeout);
                 let _ = self.shared.producer.begin_transaction();
                 false

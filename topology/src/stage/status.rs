@@ -195,8 +195,7 @@ impl StatusProcessor {
         // group's committed offset is folded now. A store without that offset is rebuilt.
         let kept_until = opened
             .checkpointed
-            .offset(&partition.topic, partition.partition)
-            .filter(|_| opened.clean);
+            .offset(&partition.topic, partition.partition);
         let clean = kept_until.is_some();
         let mut store = opened.store;
         if opened.clean && !clean {
