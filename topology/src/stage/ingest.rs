@@ -204,30 +204,17 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::config::KafkaConfig;
-    use crate::log::embedded::EmbeddedLog;
-    use crate::log::{Log, OutRecord, TopicReader};
-    use crate::stage::Topics;
-    use crate::topics::catalogue;
+    use crate::log::OutRecord;
 
     fn processor(dir: &std::path::Path) -> IngestProcessor {
         processor_with_ttl(dir, std::time::Duration::from_secs(60))
     }
 
     fn processor_with_ttl(dir: &std::path::Path, ttl: std::time::Duration) -> IngestProcessor {
-        let kafka = KafkaConfig::default();
-        let log = EmbeddedLog::open(None, &catalogue(&kafka)).unwrap();
-        let readers: ReaderFactory = Arc::new(move || {
-            log.reader()
-                .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
-        });
+        let (_log, readers, kafka) = crate::stage::fixture::log();
         let settings = StageSettings {
-            topics: Arc::new(Topics::new(&kafka.topics)),
-            data_dir: dir.to_path_buf(),
-            max_record_bytes: 1024,
-            default_max_attempts: 3,
-            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             idempotency_ttl: ttl,
+            ..crate::stage::fixture::settings(dir, &kafka)
         };
         let partition = TopicPartition::new(&kafka.topics.pending, 0);
         IngestProcessor::open(settings, partition, readers).unwrap()

@@ -157,3 +157,45 @@ pub(crate) fn invalid_record_letter(raw: &[u8], reason: String, now_ms: i64) -> 
         time: howk_processor::delivery::decide::rfc3339(now_ms),
     }
 }
+
+/// What the stages' unit tests share: an embedded log with every topic (one partition each),
+/// readers on it, and small settings.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{StageSettings, Topics};
+    use crate::config::KafkaConfig;
+    use crate::log::embedded::EmbeddedLog;
+    use crate::log::{Log, ReaderFactory, TopicReader};
+    use crate::topics::catalogue;
+
+    pub fn log() -> (Arc<EmbeddedLog>, ReaderFactory, KafkaConfig) {
+        let kafka = KafkaConfig {
+            partitions: 1,
+            ..KafkaConfig::default()
+        };
+        let log = Arc::new(EmbeddedLog::open(None, &catalogue(&kafka)).unwrap());
+        let readers: ReaderFactory = {
+            let log = Arc::clone(&log);
+            Arc::new(move || {
+                log.reader()
+                    .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
+            })
+        };
+        (log, readers, kafka)
+    }
+
+    pub fn settings(dir: &Path, kafka: &KafkaConfig) -> StageSettings {
+        StageSettings {
+            topics: Arc::new(Topics::new(&kafka.topics)),
+            data_dir: dir.to_path_buf(),
+            max_record_bytes: 1024,
+            default_max_attempts: 3,
+            status_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(60),
+        }
+    }
+}

@@ -455,11 +455,8 @@ impl Processor for StatusProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaConfig;
     use crate::log::embedded::EmbeddedLog;
-    use crate::log::{Log, OutRecord, TopicReader};
-    use crate::stage::Topics;
-    use crate::topics::catalogue;
+    use crate::log::{Log, OutRecord};
 
     fn result(outcome: &str) -> Vec<u8> {
         format!(
@@ -477,26 +474,8 @@ mod tests {
         StageSettings,
         TopicPartition,
     ) {
-        let kafka = KafkaConfig {
-            partitions: 1,
-            ..KafkaConfig::default()
-        };
-        let log = Arc::new(EmbeddedLog::open(None, &catalogue(&kafka)).unwrap());
-        let readers: ReaderFactory = {
-            let log = Arc::clone(&log);
-            Arc::new(move || {
-                log.reader()
-                    .map(|reader| Box::new(reader) as Box<dyn TopicReader>)
-            })
-        };
-        let settings = StageSettings {
-            topics: Arc::new(Topics::new(&kafka.topics)),
-            data_dir: dir.to_path_buf(),
-            max_record_bytes: 1024,
-            default_max_attempts: 3,
-            status_retention: std::time::Duration::from_secs(7 * 24 * 3600),
-            idempotency_ttl: std::time::Duration::from_secs(60),
-        };
+        let (log, readers, kafka) = crate::stage::fixture::log();
+        let settings = crate::stage::fixture::settings(dir, &kafka);
         let partition = TopicPartition::new(&kafka.topics.results, 0);
         (log, readers, settings, partition)
     }
