@@ -35,6 +35,32 @@ fn read_all(log: &EmbeddedLog, topic: &str) -> Vec<serde_json::Value> {
     values
 }
 
+/// The topology on the embedded log, its stores under `dir`.
+fn topology_config(kafka: &KafkaConfig, dir: &std::path::Path) -> TopologyConfig {
+    TopologyConfig {
+        kafka: kafka.clone(),
+        processing: ProcessingConfig {
+            data_dir: dir.join("state"),
+            instance_id: "embedded".into(),
+            ..ProcessingConfig::default()
+        },
+        max_in_flight: 1000,
+        ..TopologyConfig::default()
+    }
+}
+
+/// A delivery client that may reach the receivers on loopback.
+fn loopback_client() -> DeliveryClient {
+    DeliveryClient::new(
+        &DeliveryConfig {
+            allowed_cidrs: vec!["127.0.0.0/8".into()],
+            ..DeliveryConfig::default()
+        },
+        TemplateResolver::new(process_env(), Vec::new()),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_happy_path_runs_on_the_embedded_log() {
     let sink = WebhookSink::start().await;
@@ -45,27 +71,11 @@ async fn the_happy_path_runs_on_the_embedded_log() {
     };
     let log =
         Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
-    let config = TopologyConfig {
-        kafka: kafka.clone(),
-        processing: ProcessingConfig {
-            data_dir: dir.path().join("state"),
-            instance_id: "embedded".into(),
-            ..ProcessingConfig::default()
-        },
-        max_in_flight: 1000,
-        ..TopologyConfig::default()
-    };
+    let config = topology_config(&kafka, dir.path());
     let lua = LuaConfig::default();
     let engines = Engines {
         pool: Some(EnginePool::start(lua.engine_settings(process_env()), 2, 64)),
-        client: DeliveryClient::new(
-            &DeliveryConfig {
-                allowed_cidrs: vec!["127.0.0.0/8".into()],
-                ..DeliveryConfig::default()
-            },
-            TemplateResolver::new(process_env(), Vec::new()),
-        )
-        .unwrap(),
+        client: loopback_client(),
     };
     let handle = tokio::runtime::Handle::current();
     let running = {
@@ -135,27 +145,11 @@ async fn a_closed_task_aborts_its_running_attempts() {
     let log =
         Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
     let start_topology = |log: Arc<EmbeddedLog>| {
-        let config = TopologyConfig {
-            kafka: kafka.clone(),
-            processing: ProcessingConfig {
-                data_dir: dir.path().join("state"),
-                instance_id: "embedded".into(),
-                shutdown_grace: Duration::from_millis(100),
-                ..ProcessingConfig::default()
-            },
-            max_in_flight: 1000,
-            ..TopologyConfig::default()
-        };
+        let mut config = topology_config(&kafka, dir.path());
+        config.processing.shutdown_grace = Duration::from_millis(100);
         let engines = Engines {
             pool: None,
-            client: DeliveryClient::new(
-                &DeliveryConfig {
-                    allowed_cidrs: vec!["127.0.0.0/8".into()],
-                    ..DeliveryConfig::default()
-                },
-                TemplateResolver::new(process_env(), Vec::new()),
-            )
-            .unwrap(),
+            client: loopback_client(),
         };
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || start(log, config, engines, handle))

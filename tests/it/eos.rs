@@ -35,6 +35,54 @@ fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
     }
 }
 
+/// Two topics of `partitions` partitions each (an input and an output or changelog), a group
+/// name, and a configuration on the test broker.
+struct Fixture {
+    brokers: String,
+    input: String,
+    output: String,
+    group: String,
+    config: KafkaConfig,
+}
+
+impl Fixture {
+    async fn new(name: &str, partitions: i32) -> Self {
+        let brokers = require_kafka();
+        let (input, output) = (
+            unique(&format!("{name}-in")),
+            unique(&format!("{name}-out")),
+        );
+        create_topic(&brokers, &input, partitions).await;
+        create_topic(&brokers, &output, partitions).await;
+        Self {
+            config: KafkaConfig {
+                brokers: brokers.clone(),
+                ..KafkaConfig::default()
+            },
+            group: unique(&format!("{name}-group")),
+            brokers,
+            input,
+            output,
+        }
+    }
+}
+
+/// Either both a record's outputs and its offset are committed, or neither: here the outputs
+/// were aborted, so the offset must not be committed either (the record is read again).
+fn assert_nothing_committed(brokers: &str, input: &str, output: &str, group: &str) {
+    let mut outputs = Tail::new(brokers, output);
+    outputs.poll(Duration::from_secs(2));
+    assert!(
+        outputs.records.is_empty(),
+        "an aborted output was committed"
+    );
+    assert_eq!(
+        committed_offset(brokers, group, input),
+        None,
+        "the input offset was committed without its outputs"
+    );
+}
+
 /// Writes one record to partition 0 of `input`, joins `group` on it and polls until the
 /// member has that record.
 fn member_with_one_record(
@@ -63,14 +111,13 @@ fn member_with_one_record(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offsets_of_a_transaction_the_broker_aborted_are_never_committed() {
-    let brokers = require_kafka();
-    let (input, output, group) = (unique("eos-in"), unique("eos-out"), unique("eos-group"));
-    create_topic(&brokers, &input, 1).await;
-    create_topic(&brokers, &output, 1).await;
-    let config = KafkaConfig {
-        brokers: brokers.clone(),
-        ..KafkaConfig::default()
-    };
+    let Fixture {
+        brokers,
+        input,
+        output,
+        group,
+        config,
+    } = Fixture::new("eos", 1).await;
     let (input_for_log, output_for_log) = (input.clone(), output.clone());
     let commit_result = tokio::task::spawn_blocking(move || {
         let log = KafkaLog::new(config);
@@ -101,19 +148,7 @@ async fn offsets_of_a_transaction_the_broker_aborted_are_never_committed() {
         "the commit after the broker's abort must fail"
     );
 
-    // Either both the output and the offset are committed, or neither: the output was aborted,
-    // so the offset must not be committed either (the record is then read again).
-    let mut outputs = Tail::new(&brokers, &output);
-    outputs.poll(Duration::from_secs(2));
-    assert!(
-        outputs.records.is_empty(),
-        "the aborted output is invisible"
-    );
-    assert_eq!(
-        committed_offset(&brokers, &group, &input),
-        None,
-        "the input offset was committed without its output"
-    );
+    assert_nothing_committed(&brokers, &input, &output, &group);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,14 +157,13 @@ async fn offsets_of_a_transaction_whose_output_failed_are_never_committed() {
     // transaction's commit fails and aborts. The revocation callback librdkafka runs when the
     // failed thread's consumer closes then committed the staged offset in a fresh, empty
     // transaction: the record was marked done with none of its outputs (lost).
-    let brokers = require_kafka();
-    let (input, output, group) = (unique("eos-in"), unique("eos-out"), unique("eos-group"));
-    create_topic(&brokers, &input, 1).await;
-    create_topic(&brokers, &output, 1).await;
-    let config = KafkaConfig {
-        brokers: brokers.clone(),
-        ..KafkaConfig::default()
-    };
+    let Fixture {
+        brokers,
+        input,
+        output,
+        group,
+        config,
+    } = Fixture::new("eos", 1).await;
     let (input_for_log, output_for_log) = (input.clone(), output.clone());
     let group = tokio::task::spawn_blocking(move || {
         let log = KafkaLog::new(config);
@@ -158,14 +192,7 @@ async fn offsets_of_a_transaction_whose_output_failed_are_never_committed() {
     })
     .await
     .unwrap();
-    let mut outputs = Tail::new(&brokers, &output);
-    outputs.poll(Duration::from_secs(2));
-    assert!(outputs.records.is_empty(), "a partial output was committed");
-    assert_eq!(
-        committed_offset(&brokers, &group, &input),
-        None,
-        "the input offset was committed without its outputs"
-    );
+    assert_nothing_committed(&brokers, &input, &output, &group);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,14 +201,13 @@ async fn a_revocation_records_changelog_ends_before_the_next_owner_writes() {
     // time, when the next owner may already have written to it; a checkpoint at that offset
     // makes a later return skip the other owner's writes. The ends are now recorded inside the
     // revocation, right after its commit, while the partition is still owned.
-    let brokers = require_kafka();
-    let (input, changelog, group) = (unique("h5-in"), unique("h5-changelog"), unique("h5-group"));
-    create_topic(&brokers, &input, 2).await;
-    create_topic(&brokers, &changelog, 2).await;
-    let config = KafkaConfig {
-        brokers: brokers.clone(),
-        ..KafkaConfig::default()
-    };
+    let Fixture {
+        input,
+        output: changelog,
+        group,
+        config,
+        ..
+    } = Fixture::new("h5", 2).await;
     tokio::task::spawn_blocking(move || {
         let log = Arc::new(KafkaLog::new(config));
         let input: Arc<str> = Arc::from(input.as_str());
