@@ -177,6 +177,16 @@ table.sort = function(t, comp)
   return raw_sort(t, comp)
 end
 
+-- string.rep copies s and sep n times in a C loop; when both are empty the loop allocates nothing
+-- and runs n times, out of the hook's and the memory limit's reach: rep("", 1 << 62) would spin
+-- for years. The result is "" whatever n is, so that case answers at once. (A non-empty result
+-- is allocated whole before the loop, so the memory limit bounds every other case.)
+local raw_rep = string.rep
+string.rep = function(s, n, sep)
+  if s == "" and (sep == nil or sep == "") and integer(n) then return "" end
+  return raw_rep(s, n, sep)
+end
+
 local safe_math = copy(math)
 -- The PRNG state is shared by every tenant on this VM; reseeding would let one script make
 -- another's numbers predictable.

@@ -286,6 +286,32 @@ fn string_rep_beyond_the_memory_limit_is_a_memory_error() {
 }
 
 #[test]
+fn string_rep_of_nothing_a_huge_number_of_times_returns_at_once() {
+    // Stock string.rep copies an empty string (and an empty separator) n times in a C loop that
+    // allocates nothing: rep('', 1 << 62) would spin out of the hook's and the memory limit's
+    // reach. The engine runs on its own thread so that a hang fails the test instead of the run.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut engine = limited_engine(Duration::from_millis(100), 16);
+        let body = run_on(
+            &mut engine,
+            "request.body = '[' .. string.rep('', 1 << 62) .. ('').rep('', math.maxinteger, '') \
+             .. string.rep('', 3, '') .. string.rep('ab', 2, '') .. string.rep('', 3, '-') .. ']'",
+            &Webhook::default(),
+        )
+        .map(|request| request.body.unwrap());
+        let _ = sender.send(body);
+    });
+    let body = receiver
+        .recv_timeout(Duration::from_secs(5))
+        .expect("string.rep of empty strings did not return");
+    assert_eq!(body.unwrap(), b"[abab--]");
+    // The argument checks are string.rep's own.
+    let error = run("string.rep('', 'x')").unwrap_err();
+    assert!(error.message.contains("bad argument #2"), "{error}");
+}
+
+#[test]
 fn chunked_table_functions_keep_their_results() {
     // Large ranges take the chunked path; results must equal what the C functions give.
     assert_eq!(

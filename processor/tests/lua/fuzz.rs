@@ -134,27 +134,71 @@ out[#out + 1] = tostring(leak) .. tostring(leak2) .. tostring(rawget(_G, "t"))
 request.body = table.concat(out, "\n")
 "#;
 
+/// How long one case (the fingerprints and up to three scripts) may take before it counts as a
+/// hang: a C loop out of the hook's reach never returns, and the test must fail, not stall.
+const HANG: Duration = Duration::from_secs(10);
+
+/// Runs the scripts on a fresh engine, each followed by the fingerprint; returns the first
+/// violation, if any.
+fn check(scripts: Vec<String>) -> Result<(), String> {
+    let mut engine = limited_engine(TIMEOUT, 16);
+    let webhook = Webhook::default();
+    let baseline = run_on(&mut engine, FINGERPRINT, &webhook)
+        .unwrap()
+        .body
+        .unwrap();
+    for code in &scripts {
+        let start = Instant::now();
+        // Any outcome is fine but a panic; it must come back in time.
+        let _ = run_on(&mut engine, code, &webhook);
+        let elapsed = start.elapsed();
+        if elapsed >= TIMEOUT + SLACK {
+            return Err(format!("took {elapsed:?}:\n{code}"));
+        }
+        let after = run_on(&mut engine, FINGERPRINT, &webhook)
+            .unwrap()
+            .body
+            .unwrap();
+        if after != baseline {
+            return Err(format!(
+                "state survived:\n{code}\n{}\n!=\n{}",
+                String::from_utf8_lossy(&after),
+                String::from_utf8_lossy(&baseline)
+            ));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // Shrinking is bounded: a hang leaves its thread spinning, and each shrink step that hangs
+    // again would leave another.
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        max_shrink_time: 30_000,
+        max_shrink_iters: 512,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_library_scripts_are_contained(scripts in proptest::collection::vec(script(), 1..4)) {
-        let mut engine = limited_engine(TIMEOUT, 16);
-        let webhook = Webhook::default();
-        let baseline = run_on(&mut engine, FINGERPRINT, &webhook).unwrap().body.unwrap();
-        for code in &scripts {
-            let start = Instant::now();
-            // Any outcome is fine but a panic; it must come back in time.
-            let _ = run_on(&mut engine, code, &webhook);
-            let elapsed = start.elapsed();
-            prop_assert!(elapsed < TIMEOUT + SLACK, "took {:?}:\n{}", elapsed, code);
-            let after = run_on(&mut engine, FINGERPRINT, &webhook).unwrap().body.unwrap();
-            prop_assert_eq!(
-                String::from_utf8_lossy(&after),
-                String::from_utf8_lossy(&baseline),
-                "state survived:\n{}",
-                code
-            );
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let shown = scripts.join("\n---\n");
+        std::thread::spawn(move || {
+            let _ = sender.send(check(scripts));
+        });
+        match receiver.recv_timeout(HANG) {
+            Ok(outcome) => {
+                if let Err(violation) = outcome {
+                    prop_assert!(false, "{}", violation);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                prop_assert!(false, "no answer after {:?}:\n{}", HANG, shown);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                prop_assert!(false, "the engine panicked:\n{}", shown);
+            }
         }
     }
 }
