@@ -224,6 +224,18 @@ fn validate(config: &HowkConfig) -> Result<(), ConfigError> {
     if config.delivery.timeout.is_zero() {
         return Err(key("delivery.timeout", "must be longer than zero"));
     }
+    if config.delivery.max_per_endpoint == 0 {
+        return Err(key("delivery.max_per_endpoint", "must be at least 1"));
+    }
+    if !config.delivery.rate_limit.is_finite() || config.delivery.rate_limit < 0.0 {
+        return Err(key(
+            "delivery.rate_limit",
+            "must be a number of requests per second, 0 for none",
+        ));
+    }
+    if !(1..=32).contains(&config.circuit_breaker.window_attempts) {
+        return Err(key("circuit_breaker.window_attempts", "must be 1 to 32"));
+    }
     if let Err(error) =
         howk_processor::net::AddressPolicy::with_allowed(&config.delivery.allowed_cidrs)
     {

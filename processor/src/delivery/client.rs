@@ -27,9 +27,28 @@ pub struct DeliveryConfig {
     /// CIDRs endpoints may resolve to although they are loopback/private/link-local (SPEC §5).
     /// Default none; `howk dev` adds loopback.
     pub allowed_cidrs: Vec<String>,
-    /// Webhooks one deliver task holds (running or queued behind their endpoint) before it stops
-    /// reading its partition. Default 1000.
+    /// Webhooks one deliver task holds in memory (running or queued behind their endpoint, not
+    /// yet spilled to its store) before it stops reading its partition. Default 1000.
     pub max_in_flight: usize,
+    /// Webhooks one (config_id, endpoint) may have in a deliver task (running, queued, or
+    /// waiting in the store) before more overflow to `howk.retry` for `overflow_delay`, without
+    /// spending an attempt. Ordered configs have no cap. Default 100.
+    pub max_per_endpoint: usize,
+    /// Attempts in flight per endpoint host in one process; 0 for no limit. Default 64.
+    pub max_per_domain: usize,
+    /// Requests per second per (config_id, endpoint); 0 for no limit. A config's
+    /// `script_config._delivery_rate_limit` overrides it. Default 0.
+    pub rate_limit: f64,
+    /// Strict FIFO per (config_id, endpoint) for every config; a config's
+    /// `script_config._delivery_ordered` overrides it. Default false.
+    pub ordered: bool,
+    /// How long a webhook may hold its partition's offset before it moves to the deliver task's
+    /// store, so that slow endpoints never hold back the partition. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub spill_after: Duration,
+    /// When an overflowing webhook comes back. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub overflow_delay: Duration,
     /// Bytes of a failed response body kept for the dead letter. Default 1024.
     pub response_body_bytes: usize,
     /// An egress proxy every delivery goes through (`http://host:port`), for operators whose
@@ -48,6 +67,12 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(30),
             allowed_cidrs: Vec::new(),
             max_in_flight: 1000,
+            max_per_endpoint: 100,
+            max_per_domain: 64,
+            rate_limit: 0.0,
+            ordered: false,
+            spill_after: Duration::from_secs(1),
+            overflow_delay: Duration::from_secs(5),
             response_body_bytes: 1024,
             proxy: None,
         }

@@ -6,9 +6,11 @@
 //! - [`client`]: the POST — default headers, `${VAR}` overrides, SSRF-safe connections
 //! - [`sign`]: `X-Webhook-Signature` and the Standard Webhooks headers
 //! - [`classify`]: status → delivered / retryable / gone / unrecoverable, and `Retry-After`
+//! - [`limits`]: fairness — per-host concurrency, per-endpoint rate, ordering mode
 
 pub mod attempt;
 pub mod classify;
 pub mod client;
 pub mod decide;
+pub mod limits;
 pub mod sign;
