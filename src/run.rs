@@ -266,7 +266,7 @@ pub fn topology_config(config: &HowkConfig) -> TopologyConfig {
         dlq: config.dlq.clone(),
         retry: config.retry.clone(),
         circuit_breaker: config.circuit_breaker.clone(),
-        max_in_flight: config.delivery.max_in_flight,
+        delivery: config.delivery.clone(),
     }
 }
 

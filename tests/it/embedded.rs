@@ -44,7 +44,6 @@ fn topology_config(kafka: &KafkaConfig, dir: &std::path::Path) -> TopologyConfig
             instance_id: "embedded".into(),
             ..ProcessingConfig::default()
         },
-        max_in_flight: 1000,
         ..TopologyConfig::default()
     }
 }
@@ -187,6 +186,68 @@ async fn a_closed_task_aborts_its_running_attempts() {
     })
     .await;
     assert_eq!(sink.in_flight("slow").1, 1, "two attempts ran at once");
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_endpoint_does_not_hold_back_its_partition() {
+    // Review H3, on the embedded log: 40 webhooks to an endpoint that never answers, then one
+    // to a fast endpoint on the same (only) partition. The fast one's result must not wait for
+    // the black hole's attempts (30 s each, one at a time).
+    let sink = WebhookSink::start().await;
+    sink.plan(
+        "hole",
+        std::iter::repeat_n(Reply::status(200).after(Duration::from_secs(3600)), 40),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        partitions: 1,
+        ..KafkaConfig::default()
+    };
+    let log =
+        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
+    let mut config = topology_config(&kafka, dir.path());
+    config.processing.shutdown_grace = Duration::from_millis(100);
+    config.delivery.max_in_flight = 20;
+    let engines = Engines {
+        pool: None,
+        client: loopback_client(),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let running = {
+        let log = Arc::clone(&log);
+        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let pending: Arc<str> = Arc::from(kafka.topics.pending.as_str());
+    let record = |key: &str, endpoint: String, n: usize| OutRecord {
+        topic: Arc::clone(&pending),
+        partition: None,
+        key: key.as_bytes().to_vec(),
+        value: Some(format!(r#"{{"endpoint": "{endpoint}", "payload": {n}}}"#).into_bytes()),
+    };
+    let mut records: Vec<OutRecord> = (0..40)
+        .map(|n| record("hole:1", sink.url("hole"), n))
+        .collect();
+    records.push(record("fast:1", sink.url("fast"), 40));
+    log.produce(records).unwrap();
+    wait_for(
+        "the fast webhook's delivered result",
+        Duration::from_secs(5),
+        || async {
+            read_all(&log, &kafka.topics.results)
+                .iter()
+                .any(|r| r["outcome"] == "delivered" && r["endpoint"] == sink.url("fast"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(sink.in_flight("hole").1, 1);
     tokio::task::spawn_blocking(move || running.stop())
         .await
         .unwrap()

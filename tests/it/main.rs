@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod embedded;
 mod eos;
+mod fairness;
 mod kafka_smoke;
 mod lua_http;
 mod lua_kv;

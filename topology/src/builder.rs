@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use howk_processor::delivery::client::DeliveryClient;
+use howk_processor::delivery::client::{DeliveryClient, DeliveryConfig};
 use howk_processor::delivery::decide::DecideConfig;
 use howk_processor::lua::pool::EnginePool;
 use howk_processor::policy::circuit::CircuitBreakerConfig;
@@ -20,7 +20,7 @@ use crate::config::{
 use crate::log::{Log, LogError, ReaderFactory, TopicPartition, TopicReader, pooled_readers};
 use crate::processor::{CompletionSender, Processor, TaskError};
 use crate::scripts_table::{LoaderConfig, ScriptsTable, TableError, spawn_loader};
-use crate::stage::deliver::{DeliverProcessor, DeliverShared};
+use crate::stage::deliver::{DeliverLimits, DeliverProcessor, DeliverShared};
 use crate::stage::ingest::IngestProcessor;
 use crate::stage::retry::RetryProcessor;
 use crate::stage::status::{StatusProcessor, StatusStores};
@@ -38,8 +38,8 @@ pub struct TopologyConfig {
     pub dlq: DlqConfig,
     pub retry: RetryConfig,
     pub circuit_breaker: CircuitBreakerConfig,
-    /// `delivery.max_in_flight`.
-    pub max_in_flight: usize,
+    /// `delivery.*`: the fairness settings (the client takes the rest).
+    pub delivery: DeliveryConfig,
 }
 
 /// What runs the attempts: script engines (`None` when Lua is disabled) and the HTTP client.
@@ -159,7 +159,7 @@ pub fn start<L: Log>(
             },
             circuit: config.circuit_breaker.clone(),
             fence_timeout: config.scripts.fence_timeout,
-            max_in_flight: config.max_in_flight.max(1),
+            limits: DeliverLimits::new(&config.delivery),
             runtime,
         }),
         settings,
@@ -270,7 +270,7 @@ pub fn run_until_shutdown<L: Log>(
 ) -> Result<(), ThreadError> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let max_in_flight = stages.deliver.max_in_flight;
+        let max_in_flight = stages.deliver.limits.max_in_flight;
         match stream_thread::run(log, stages, config, max_in_flight, shutdown, tasks_ready) {
             Ok(()) => return Ok(()),
             Err(error) if !shutdown.load(Ordering::Relaxed) => {

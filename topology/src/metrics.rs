@@ -38,9 +38,14 @@ pub struct Metrics {
     pub dead_letters: Family<ReasonLabel, Counter>,
     /// Attempts held back by an open circuit.
     pub circuit_holds: Counter,
+    /// Webhooks sent back through `howk.retry` because their endpoint had a full queue.
+    pub overflows: Counter,
+    /// Webhooks moved to a deliver task's store so their offset could move on.
+    pub spills: Counter,
     /// Seconds per attempt (script + HTTP).
     pub attempt_seconds: Histogram,
-    /// Webhooks held by deliver tasks (running or queued behind their endpoint).
+    /// Webhooks held by deliver tasks (running, queued behind their endpoint, or waiting in
+    /// the task's store).
     pub in_flight: Gauge,
     /// Changelog records applied while restoring stores.
     pub restored_records: Counter,
@@ -75,6 +80,8 @@ impl Metrics {
             retries_scheduled: Counter::default(),
             dead_letters: Family::default(),
             circuit_holds: Counter::default(),
+            overflows: Counter::default(),
+            spills: Counter::default(),
             // 1 ms to ~65 s.
             attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             in_flight: Gauge::default(),
@@ -120,6 +127,16 @@ impl Metrics {
             "circuit_holds",
             "Attempts held back by an open circuit",
             metrics.circuit_holds.clone(),
+        );
+        registry.register(
+            "overflows",
+            "Webhooks sent back through the retry topic because their endpoint's queue was full",
+            metrics.overflows.clone(),
+        );
+        registry.register(
+            "spills",
+            "Webhooks moved to a deliver task's store so their partition's offset moves on",
+            metrics.spills.clone(),
         );
         registry.register(
             "attempt_seconds",

@@ -8,7 +8,10 @@
 //! Asynchronous work (the HTTP call) is the one exception to "a record is done when `process`
 //! returns": the deliver processor [`defer`](Context::defer)s the record and later receives a
 //! [`Completion`] for it. The task holds back the outputs of every record behind an unfinished
-//! one, so outputs and committed offsets always describe the same prefix of the partition.
+//! one, so outputs and committed offsets always describe the same prefix of the partition. Any
+//! completion finishes its record; a processor that wants to keep working on it must first move
+//! the work into its store (in that completion's outputs), and then later completions for the
+//! same offset find no record to hold back and their outputs go out at once.
 
 use std::any::Any;
 use std::sync::Arc;

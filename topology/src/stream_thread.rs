@@ -79,7 +79,7 @@ const BUSY_POLL: Duration = Duration::from_millis(2);
 /// Poll timeout when idle.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -133,17 +133,23 @@ impl Task {
         completion: Completion,
         member: &mut impl GroupMember,
     ) -> Result<(), ThreadError> {
-        let Ok(index) = self
+        let index = self
             .slots
-            .binary_search_by_key(&completion.offset, |slot| slot.offset)
-        else {
-            return Ok(());
-        };
+            .binary_search_by_key(&completion.offset, |slot| slot.offset);
         let mut outputs = Vec::new();
         let mut ctx = Context::new(now_ms(), &mut outputs);
         self.processor
             .complete(completion.offset, completion.payload, &mut ctx)
             .map_err(|e| self.failed(e))?;
+        let Ok(index) = index else {
+            // The record's slot is released: the processor took the work out of the offset's
+            // hands (the deliver stage's spilled webhooks live in its store), so what finishes
+            // it stands on its own, like a punctuation's outputs.
+            for output in outputs {
+                self.send(member, output)?;
+            }
+            return Ok(());
+        };
         let slot = &mut self.slots[index];
         slot.outputs.append(&mut outputs);
         slot.done = true;

@@ -18,6 +18,8 @@ use axum::routing::any;
 pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -59,6 +61,8 @@ struct Inner {
     chaos: Option<Chaos>,
     /// Requests being answered now, and the most at once, per path.
     in_flight: HashMap<String, (usize, usize)>,
+    /// The same over every path.
+    all_in_flight: (usize, usize),
 }
 
 /// Counts a request as in flight until its handler ends or is dropped (the client went away).
@@ -69,14 +73,9 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some((now, _)) = self
-            .sink
-            .inner
-            .lock()
-            .unwrap()
-            .in_flight
-            .get_mut(&self.name)
-        {
+        let mut inner = self.sink.inner.lock().unwrap();
+        inner.all_in_flight.0 -= 1;
+        if let Some((now, _)) = inner.in_flight.get_mut(&self.name) {
             *now -= 1;
         }
     }
@@ -160,6 +159,11 @@ impl WebhookSink {
             .unwrap_or_default()
     }
 
+    /// Requests being answered now on every path, and the most at once so far.
+    pub fn all_in_flight(&self) -> (usize, usize) {
+        self.inner.lock().unwrap().all_in_flight
+    }
+
     /// Every request received, on every path.
     pub fn all_received(&self) -> Vec<Received> {
         self.inner
@@ -207,6 +211,9 @@ async fn hook(
         let counts = inner.in_flight.entry(name.clone()).or_default();
         counts.0 += 1;
         counts.1 = counts.1.max(counts.0);
+        let all = &mut inner.all_in_flight;
+        all.0 += 1;
+        all.1 = all.1.max(all.0);
         let headers = headers
             .iter()
             .map(|(k, v)| {
@@ -223,6 +230,7 @@ async fn hook(
             .push(Received {
                 headers,
                 body: body.to_vec(),
+                at: std::time::Instant::now(),
             });
         let planned = inner.plans.get_mut(&name).and_then(VecDeque::pop_front);
         match (planned, inner.chaos.as_mut()) {

@@ -7,6 +7,18 @@
 //! its [`Completion`](crate::processor::Completion); the task holds back outputs behind
 //! unfinished records, so offsets commit only past finished work.
 //!
+//! Fairness (review H3): a webhook that has held its offset for `delivery.spill_after` — a slow
+//! attempt, or one queued behind a slow endpoint — is *spilled*: written to the task's store
+//! (and so its changelog) in the same transaction as the offset moving past it. From then on it
+//! lives in the store until its attempt ends; its outputs and the deletion of its entry commit
+//! together, and a task that opens the store (after a crash or a rebalance) runs what it finds.
+//! So no endpoint holds back the partition for longer than `spill_after`. A pair's queue is
+//! capped at `delivery.max_per_endpoint` (the overflow goes to `howk.retry` for
+//! `delivery.overflow_delay`, no attempt spent), attempts per host are capped process-wide
+//! (`delivery.max_per_domain`), and a pair may be paced (`rate_limit`). Ordered configs keep a
+//! failing webhook at the head of its pair, waiting in the store for its next attempt, so
+//! nothing behind it is sent first.
+//!
 //! The circuit state (per endpoint) is local because the topic is keyed by endpoint; it is
 //! written to `howk-circuit-changelog` as it changes. It is advisory: after a crash it may count
 //! a failure whose record is delivered again, which only makes the breaker slightly early.
@@ -16,8 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use howk_processor::delivery::attempt::{AttemptReport, ScriptChoice, run_attempt};
-use howk_processor::delivery::client::DeliveryClient;
+use howk_processor::delivery::client::{DeliveryClient, DeliveryConfig};
 use howk_processor::delivery::decide::{CircuitEffect, DecideConfig, decide, result};
+use howk_processor::delivery::limits::{DomainLimits, Pacer, PairPolicy};
+use howk_processor::ids::ConfigId;
 use howk_processor::lua::pool::EnginePool;
 use howk_processor::lua::{PreviousError, ScriptError, ScriptErrorKind};
 use howk_processor::policy::circuit::{Admission, CircuitBreakerConfig, CircuitState};
@@ -46,10 +60,44 @@ pub struct DeliverShared {
     pub circuit: CircuitBreakerConfig,
     /// How long a webhook's `script_hash` fence waits for its version (`scripts.fence_timeout`).
     pub fence_timeout: Duration,
-    /// Records a task holds before its partition is paused (`delivery.max_in_flight`).
-    pub max_in_flight: usize,
+    pub limits: DeliverLimits,
     /// Where attempts run.
     pub runtime: tokio::runtime::Handle,
+}
+
+/// The fairness settings of `delivery.*`, in the units the tasks use.
+pub struct DeliverLimits {
+    /// Records a task holds unspilled before its partition is paused.
+    pub max_in_flight: usize,
+    pub max_per_endpoint: usize,
+    pub spill_after_ms: i64,
+    pub overflow_delay_ms: i64,
+    /// Rate limit and ordering of configs that do not set their own.
+    pub defaults: PairPolicy,
+    pub domains: Arc<DomainLimits>,
+}
+
+impl DeliverLimits {
+    pub fn new(config: &DeliveryConfig) -> Self {
+        let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            max_in_flight: config.max_in_flight.max(1),
+            max_per_endpoint: config.max_per_endpoint.max(1),
+            spill_after_ms: millis(config.spill_after),
+            overflow_delay_ms: millis(config.overflow_delay),
+            defaults: PairPolicy {
+                rate_limit: (config.rate_limit > 0.0).then_some(config.rate_limit),
+                ordered: config.ordered,
+            },
+            domains: DomainLimits::new(config.max_per_domain),
+        }
+    }
+}
+
+impl Default for DeliverLimits {
+    fn default() -> Self {
+        Self::new(&DeliveryConfig::default())
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +108,41 @@ pub struct DeliverCounters {
     pub dead_letters: u64,
     pub circuit_holds: u64,
     pub invalid: u64,
+    /// Webhooks sent back through `howk.retry` from a full pair queue.
+    pub overflows: u64,
+    /// Webhooks moved to the store.
+    pub spills: u64,
 }
 
 /// A queue key: first attempts to one endpoint for one tenant go in order.
 type PairKey = (String, String);
 
+/// Where spilled webhooks live in the store: this prefix and the input offset (big-endian, so
+/// the store lists them in offset order). Circuits are keyed by endpoint URL, which never starts
+/// with a NUL byte.
+const JOB_PREFIX: &[u8] = b"\0job\0";
+const JOB_PREFIX_END: &[u8] = b"\0job\x01";
+
+fn job_key(offset: i64) -> Vec<u8> {
+    let mut key = JOB_PREFIX.to_vec();
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
 struct Job {
     offset: i64,
-    record: DeliveryRecord,
+    /// `None` while a spilled job waits behind its pair's head: it is read back from the store
+    /// when its turn comes, so a long queue costs memory per job, not per payload.
+    record: Option<DeliveryRecord>,
+    ordered: bool,
+    taken_ms: i64,
+    /// Its attempt (or circuit check) is under way: a completion will come.
+    running: bool,
+    /// In the store; its input offset is free to move on.
+    spilled: bool,
+    spill_requested: bool,
+    /// An ordered job's next attempt (after a failure, or while its circuit is open).
+    not_before_ms: i64,
 }
 
 /// How a job finished, sent back through the completion channel.
@@ -81,6 +156,10 @@ enum Done {
         key: PairKey,
         retry_at_ms: i64,
     },
+    /// The job has held its offset for `spill_after`: move it to the store.
+    Spill {
+        key: PairKey,
+    },
 }
 
 pub struct DeliverProcessor {
@@ -93,7 +172,15 @@ pub struct DeliverProcessor {
     /// Circuits read so far, by endpoint (the store is the durable copy).
     circuits: HashMap<String, CircuitState>,
     queues: HashMap<PairKey, VecDeque<Job>>,
-    held: usize,
+    /// Every job of the task, spilled or not.
+    jobs: usize,
+    /// Jobs not in the store: they hold their input offset.
+    unspilled: usize,
+    /// Spilled jobs found when the store opened have offsets up to this; their input records
+    /// may be read again (when the offset commit did not follow) and are not taken twice.
+    restored_up_to: Option<i64>,
+    /// Rate-limited pairs' next start times.
+    pacers: HashMap<PairKey, Pacer>,
     completions: CompletionSender,
     /// Attempts running on the runtime, by input offset: aborted when the task ends, so a
     /// revoked incarnation's attempt never runs beside the next owner's for the same pair.
@@ -122,7 +209,7 @@ impl DeliverProcessor {
         let topic = shared.settings.topics.circuit_changelog.clone();
         let (opened, changelog) =
             open_task_store(&shared.settings, "circuit", &topic, &partition, &readers)?;
-        Ok(Self {
+        let mut task = Self {
             checkpoint: opened.checkpoint_path(),
             store: opened.store,
             shared,
@@ -131,11 +218,74 @@ impl DeliverProcessor {
             readers,
             circuits: HashMap::new(),
             queues: HashMap::new(),
-            held: 0,
+            jobs: 0,
+            unspilled: 0,
+            restored_up_to: None,
+            pacers: HashMap::new(),
             completions,
             running: HashMap::new(),
             counters: DeliverCounters::default(),
-        })
+        };
+        task.resume_spilled()?;
+        Ok(task)
+    }
+
+    /// Queues the spilled jobs the store holds (an earlier incarnation's) and starts them.
+    fn resume_spilled(&mut self) -> Result<(), TaskError> {
+        let now_ms = crate::stream_thread::now_ms();
+        let entries = self.store.range(JOB_PREFIX, JOB_PREFIX_END, usize::MAX)?;
+        for (key, value) in entries {
+            let Some(offset) = key
+                .get(JOB_PREFIX.len()..)
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map(i64::from_be_bytes)
+            else {
+                return Err(TaskError::Other(format!(
+                    "deliver store of {} holds a job key of {} bytes",
+                    self.partition,
+                    key.len()
+                )));
+            };
+            let record = DeliveryRecord::decode(&value).map_err(|error| {
+                TaskError::Other(format!(
+                    "deliver store of {} holds an unreadable job at offset {offset}: {error}",
+                    self.partition
+                ))
+            })?;
+            let pair = pair_key(&record);
+            let ordered = self.policy(&record.webhook.config_id).ordered;
+            self.queues.entry(pair).or_default().push_back(Job {
+                offset,
+                not_before_ms: if ordered { record.due_at_ms } else { 0 },
+                record: None,
+                ordered,
+                taken_ms: now_ms,
+                running: false,
+                spilled: true,
+                spill_requested: true,
+            });
+            self.jobs += 1;
+            metrics().in_flight.inc();
+            self.restored_up_to = Some(self.restored_up_to.map_or(offset, |up| up.max(offset)));
+        }
+        if self.jobs > 0 {
+            tracing::info!(partition = %self.partition, jobs = self.jobs,
+                "resuming webhooks that were waiting in the deliver store");
+        }
+        let keys: Vec<PairKey> = self.queues.keys().cloned().collect();
+        for key in keys {
+            self.start(&key, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// The rate limit and ordering of `config_id`.
+    fn policy(&self, config_id: &ConfigId) -> PairPolicy {
+        let entry = self.shared.scripts.lookup(config_id);
+        let script_config = entry
+            .as_ref()
+            .and_then(|entry| entry.script.config.as_deref());
+        PairPolicy::resolve(self.shared.limits.defaults, script_config)
     }
 
     /// The circuit of `endpoint` as the store has it.
@@ -184,14 +334,31 @@ impl DeliverProcessor {
         Ok(result)
     }
 
-    /// Starts the head job of `key`: held back by the circuit, or run.
+    /// Starts the head job of `key` unless it runs already or waits for its time: held back by
+    /// the circuit, or run.
     fn start(&mut self, key: &PairKey, now_ms: i64) -> Result<(), TaskError> {
         let Some(job) = self.queues.get(key).and_then(|queue| queue.front()) else {
             return Ok(());
         };
-        let (offset, record) = (job.offset, job.record.clone());
+        if job.running || job.not_before_ms > now_ms {
+            return Ok(());
+        }
+        let offset = job.offset;
+        let record = match &job.record {
+            Some(record) => record.clone(),
+            None => self.read_spilled(offset)?,
+        };
         let admission =
             self.update_circuit(&key.1, |circuit, config| circuit.admit(now_ms, config))?;
+        let policy = self.policy(&record.webhook.config_id);
+        let pace = match policy.rate_limit {
+            Some(rate) => self
+                .pacers
+                .entry(key.clone())
+                .or_default()
+                .reserve(now_ms, rate),
+            None => Duration::ZERO,
+        };
         let completions = self.completions.clone();
         match admission {
             Admission::Rejected { retry_at_ms } => {
@@ -208,6 +375,14 @@ impl DeliverProcessor {
                 let key = key.clone();
                 let probe = admission == Admission::Probe;
                 let attempt = self.shared.runtime.spawn(async move {
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
+                    let _permit = shared
+                        .limits
+                        .domains
+                        .acquire(&record.webhook.endpoint)
+                        .await;
                     let previous = record.previous_error.as_ref().map(PreviousError::from);
                     let choice = choose_script(&shared, &record).await;
                     let report = run_attempt(
@@ -223,20 +398,70 @@ impl DeliverProcessor {
                 self.running.insert(offset, attempt.abort_handle());
             }
         }
+        if let Some(job) = self.queues.get_mut(key).and_then(|queue| queue.front_mut()) {
+            job.running = true;
+            // The attempt keeps its own copy; a spilled head need not keep another.
+            if job.spilled {
+                job.record = None;
+            }
+        }
         Ok(())
     }
 
+    fn read_spilled(&self, offset: i64) -> Result<DeliveryRecord, TaskError> {
+        let bytes = self.store.get(&job_key(offset))?.ok_or_else(|| {
+            TaskError::Other(format!(
+                "deliver store of {} lost the webhook at offset {offset}",
+                self.partition
+            ))
+        })?;
+        DeliveryRecord::decode(&bytes).map_err(|error| {
+            TaskError::Other(format!(
+                "deliver store of {} holds an unreadable job at offset {offset}: {error}",
+                self.partition
+            ))
+        })
+    }
+
+    fn job_mut(&mut self, key: &PairKey, offset: i64) -> Option<&mut Job> {
+        self.queues
+            .get_mut(key)?
+            .iter_mut()
+            .find(|job| job.offset == offset)
+    }
+
+    /// Moves a job to the store (or updates its stored record): its offset may move on.
+    fn spill(&mut self, key: &PairKey, offset: i64, record: &DeliveryRecord) {
+        self.store.put(&job_key(offset), &record.encode());
+        let Some(job) = self.job_mut(key, offset) else {
+            return;
+        };
+        if !job.spilled {
+            job.spilled = true;
+            job.spill_requested = true;
+            self.unspilled -= 1;
+            self.counters.spills += 1;
+            metrics().spills.inc();
+        }
+    }
+
+    /// Removes a finished job (and its stored copy).
     fn finish(&mut self, key: &PairKey, offset: i64) -> Option<Job> {
         self.running.remove(&offset);
         let queue = self.queues.get_mut(key)?;
         let position = queue.iter().position(|job| job.offset == offset)?;
-        let job = queue.remove(position);
+        let job = queue.remove(position)?;
         if queue.is_empty() {
             self.queues.remove(key);
         }
-        self.held -= 1;
+        if job.spilled {
+            self.store.delete(&job_key(offset));
+        } else {
+            self.unspilled -= 1;
+        }
+        self.jobs -= 1;
         metrics().in_flight.dec();
-        job
+        Some(job)
     }
 
     fn flush(&mut self, ctx: &mut Context<'_>) -> Result<(), TaskError> {
@@ -244,6 +469,140 @@ impl DeliverProcessor {
         ctx.changelog(&self.changelog, changes);
         Ok(())
     }
+
+    /// A held-back webhook goes through `howk.retry` and comes back at `due_at_ms`, with no
+    /// attempt spent.
+    fn send_back(ctx: &mut Context<'_>, topic: &Arc<str>, record: DeliveryRecord, due_at_ms: i64) {
+        let retry = DeliveryRecord {
+            due_at_ms,
+            ..record
+        };
+        let id = retry.webhook.id.as_str().to_owned();
+        ctx.send(topic, id, retry.encode());
+    }
+
+    fn attempted(
+        &mut self,
+        offset: i64,
+        key: &PairKey,
+        report: AttemptReport,
+        probe: bool,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), TaskError> {
+        let Some(job) = self.job_mut(key, offset) else {
+            return Ok(());
+        };
+        job.running = false;
+        let ordered = job.ordered;
+        let record = match job.record.clone() {
+            Some(record) => record,
+            None => self.read_spilled(offset)?,
+        };
+        self.running.remove(&offset);
+        let topics = Arc::clone(&self.shared.settings.topics);
+        self.counters.attempts += 1;
+        metrics().attempts.inc();
+        metrics()
+            .attempt_seconds
+            .observe(report.duration.as_secs_f64());
+        let decision = decide(
+            &record,
+            &report,
+            ctx.now_ms,
+            &self.shared.decide,
+            random_unit(),
+        );
+        let now_ms = ctx.now_ms;
+        let slow = report.duration >= self.shared.circuit.slow_call_duration;
+        self.update_circuit(&key.1, |circuit, config| match decision.circuit {
+            CircuitEffect::Success if slow => circuit.record_slow_success(now_ms, config),
+            CircuitEffect::Success => circuit.record_success(config),
+            CircuitEffect::Failure => circuit.record_failure(now_ms, config),
+            CircuitEffect::Untouched if probe => circuit.release_probe(),
+            CircuitEffect::Untouched => {}
+        })?;
+        let webhook_id = record.webhook.id.as_str();
+        tracing::debug!(webhook_id, outcome = ?decision.result.outcome,
+            status = ?decision.result.status_code, "attempt finished");
+        send_result(ctx, &topics, &decision.result);
+        if let Some(retry) = decision.retry {
+            self.counters.retries += 1;
+            metrics().retries_scheduled.inc();
+            if ordered {
+                // Strict FIFO: the webhook keeps the head of its pair and waits in the store
+                // for its next attempt; nothing behind it goes first.
+                self.spill(key, offset, &retry);
+                if let Some(job) = self.job_mut(key, offset) {
+                    job.not_before_ms = retry.due_at_ms;
+                    job.record = None;
+                }
+                return Ok(());
+            }
+            ctx.send(&topics.retry, webhook_id, retry.encode());
+        }
+        if let Some(letter) = &decision.dead_letter {
+            self.counters.dead_letters += 1;
+            let reason = serde_json::to_value(letter.reason_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            metrics()
+                .dead_letters
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+            send_dead_letter(ctx, &topics, webhook_id, letter);
+        }
+        if decision.result.outcome == Outcome::Delivered {
+            self.counters.delivered += 1;
+            metrics().delivered.inc();
+        }
+        self.finish(key, offset);
+        Ok(())
+    }
+
+    fn circuit_open(
+        &mut self,
+        offset: i64,
+        key: &PairKey,
+        retry_at_ms: i64,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), TaskError> {
+        let Some(job) = self.job_mut(key, offset) else {
+            return Ok(());
+        };
+        job.running = false;
+        let ordered = job.ordered;
+        let record = match job.record.clone() {
+            Some(record) => record,
+            None => self.read_spilled(offset)?,
+        };
+        self.counters.circuit_holds += 1;
+        metrics().circuit_holds.inc();
+        let topics = Arc::clone(&self.shared.settings.topics);
+        let mut held = result(&record.webhook, Outcome::CircuitOpen, ctx.now_ms);
+        held.next_retry_at = Some(howk_processor::delivery::decide::rfc3339(retry_at_ms));
+        send_result(ctx, &topics, &held);
+        if ordered {
+            // The head waits for the circuit in the store, keeping its place.
+            self.spill(key, offset, &record);
+            if let Some(job) = self.job_mut(key, offset) {
+                job.not_before_ms = retry_at_ms;
+                job.record = None;
+            }
+            return Ok(());
+        }
+        // The same attempt waits for the circuit: no attempt is spent.
+        self.finish(key, offset);
+        Self::send_back(ctx, &topics.retry, record, retry_at_ms);
+        Ok(())
+    }
+}
+
+fn pair_key(record: &DeliveryRecord) -> PairKey {
+    (
+        record.webhook.config_id.as_str().to_owned(),
+        record.webhook.endpoint.clone(),
+    )
 }
 
 /// The script this attempt runs (SPEC §2 fence, §4 lookup and disabled rules).
@@ -304,20 +663,45 @@ impl Processor for DeliverProcessor {
                 return Ok(());
             }
         };
+        if self
+            .restored_up_to
+            .is_some_and(|up_to| record.offset <= up_to)
+            && self.store.get(&job_key(record.offset))?.is_some()
+        {
+            // Taken from the store already, when the task opened.
+            return Ok(());
+        }
+        let key = pair_key(&delivery);
+        let policy = self.policy(&delivery.webhook.config_id);
+        let queued = self.queues.get(&key).map_or(0, VecDeque::len);
+        if !policy.ordered && queued >= self.shared.limits.max_per_endpoint {
+            // The pair is backed up: the webhook comes back later instead of holding memory
+            // and store here (no attempt spent).
+            self.counters.overflows += 1;
+            metrics().overflows.inc();
+            let due = ctx.now_ms + self.shared.limits.overflow_delay_ms;
+            let topic = Arc::clone(&self.shared.settings.topics.retry);
+            Self::send_back(ctx, &topic, delivery, due);
+            return Ok(());
+        }
         ctx.defer();
-        let key = (
-            delivery.webhook.config_id.as_str().to_owned(),
-            delivery.webhook.endpoint.clone(),
-        );
         let queue = self.queues.entry(key.clone()).or_default();
         queue.push_back(Job {
             offset: record.offset,
-            record: delivery,
+            record: Some(delivery),
+            ordered: policy.ordered,
+            taken_ms: ctx.now_ms,
+            running: false,
+            spilled: false,
+            spill_requested: false,
+            not_before_ms: 0,
         });
-        self.held += 1;
+        self.jobs += 1;
+        self.unspilled += 1;
         metrics().in_flight.inc();
         if queue.len() == 1 {
             self.start(&key, ctx.now_ms)?;
+            self.flush(ctx)?;
         }
         Ok(())
     }
@@ -333,83 +717,68 @@ impl Processor for DeliverProcessor {
                 "deliver task got a foreign completion".into(),
             ));
         };
-        let topics = Arc::clone(&self.shared.settings.topics);
         let key = match *done {
+            Done::Spill { key } => {
+                if let Some(job) = self.job_mut(&key, offset)
+                    && !job.spilled
+                {
+                    let record = match &job.record {
+                        Some(record) => record.clone(),
+                        None => return Ok(()),
+                    };
+                    self.spill(&key, offset, &record);
+                    // A waiting job is read back when its turn comes.
+                    if let Some(job) = self.job_mut(&key, offset)
+                        && !job.running
+                    {
+                        job.record = None;
+                    }
+                }
+                return self.flush(ctx);
+            }
             Done::CircuitOpen { key, retry_at_ms } => {
-                let Some(job) = self.finish(&key, offset) else {
-                    return Ok(());
-                };
-                self.counters.circuit_holds += 1;
-                metrics().circuit_holds.inc();
-                let mut held = result(&job.record.webhook, Outcome::CircuitOpen, ctx.now_ms);
-                held.next_retry_at = Some(howk_processor::delivery::decide::rfc3339(retry_at_ms));
-                send_result(ctx, &topics, &held);
-                // The same attempt waits for the circuit: no attempt is spent.
-                let retry = DeliveryRecord {
-                    due_at_ms: retry_at_ms,
-                    ..job.record
-                };
-                let id = retry.webhook.id.as_str().to_owned();
-                ctx.send(&topics.retry, id, retry.encode());
+                self.circuit_open(offset, &key, retry_at_ms, ctx)?;
                 key
             }
             Done::Attempted { key, report, probe } => {
-                let Some(job) = self.finish(&key, offset) else {
-                    return Ok(());
-                };
-                self.counters.attempts += 1;
-                metrics().attempts.inc();
-                metrics()
-                    .attempt_seconds
-                    .observe(report.duration.as_secs_f64());
-                let decision = decide(
-                    &job.record,
-                    &report,
-                    ctx.now_ms,
-                    &self.shared.decide,
-                    random_unit(),
-                );
-                let now_ms = ctx.now_ms;
-                self.update_circuit(&key.1, |circuit, config| match decision.circuit {
-                    CircuitEffect::Success => circuit.record_success(config),
-                    CircuitEffect::Failure => circuit.record_failure(now_ms, config),
-                    CircuitEffect::Untouched if probe => circuit.release_probe(),
-                    CircuitEffect::Untouched => {}
-                })?;
-                let webhook_id = job.record.webhook.id.as_str();
-                tracing::debug!(webhook_id, outcome = ?decision.result.outcome,
-                    status = ?decision.result.status_code, "attempt finished");
-                send_result(ctx, &topics, &decision.result);
-                if let Some(retry) = &decision.retry {
-                    self.counters.retries += 1;
-                    metrics().retries_scheduled.inc();
-                    ctx.send(&topics.retry, webhook_id, retry.encode());
-                }
-                if let Some(letter) = &decision.dead_letter {
-                    self.counters.dead_letters += 1;
-                    let reason = serde_json::to_value(letter.reason_type)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    metrics()
-                        .dead_letters
-                        .get_or_create(&ReasonLabel { reason })
-                        .inc();
-                    send_dead_letter(ctx, &topics, webhook_id, letter);
-                }
-                if decision.result.outcome == Outcome::Delivered {
-                    self.counters.delivered += 1;
-                    metrics().delivered.inc();
-                }
+                self.attempted(offset, &key, report, probe, ctx)?;
                 key
             }
         };
-        self.flush(ctx)?;
-        self.start(&key, ctx.now_ms)
+        self.start(&key, ctx.now_ms)?;
+        self.flush(ctx)
+    }
+
+    fn punctuate(&mut self, ctx: &mut Context<'_>) -> Result<(), TaskError> {
+        let now_ms = ctx.now_ms;
+        let spill_at = now_ms.saturating_sub(self.shared.limits.spill_after_ms);
+        let mut due = Vec::new();
+        for (key, queue) in &mut self.queues {
+            if self.unspilled > 0 {
+                for job in queue.iter_mut() {
+                    if !job.spilled && !job.spill_requested && job.taken_ms <= spill_at {
+                        job.spill_requested = true;
+                        self.completions
+                            .complete(job.offset, Box::new(Done::Spill { key: key.clone() }));
+                    }
+                }
+            }
+            if queue
+                .front()
+                .is_some_and(|job| !job.running && job.not_before_ms <= now_ms)
+            {
+                due.push(key.clone());
+            }
+        }
+        for key in due {
+            self.start(&key, now_ms)?;
+        }
+        self.pacers.retain(|_, pacer| !pacer.idle(now_ms));
+        self.flush(ctx)
     }
 
     fn backlog(&self) -> usize {
-        self.held
+        self.unspilled
     }
 
     fn changelogs(&self) -> Vec<TopicPartition> {
@@ -417,14 +786,16 @@ impl Processor for DeliverProcessor {
     }
 
     fn close(&mut self, ends: &ChangelogEnds) -> Result<(), TaskError> {
-        metrics().in_flight.dec_by(self.held as i64);
+        metrics().in_flight.dec_by(self.jobs as i64);
         tracing::debug!(partition = %self.partition, counters = ?self.counters,
-            abandoned = self.held, "deliver task closed");
-        if self.held > 0 {
+            abandoned = self.unspilled, waiting_in_store = self.jobs - self.unspilled,
+            "deliver task closed");
+        if self.unspilled > 0 {
             // Attempts are unfinished, so the outputs of records finished after them — their
             // changelog records among them — were never sent, while their store writes are
             // already in RocksDB. The store is ahead of its changelog: no checkpoint, and the
-            // next owner rebuilds it from the changelog (review H5).
+            // next owner rebuilds it from the changelog (review H5). Spilled jobs are in the
+            // changelog and resume wherever the partition opens next.
             return Ok(());
         }
         write_checkpoint(

@@ -1,0 +1,218 @@
+//! Fair delivery against the real broker (SPEC §5, review H3): a black-holed endpoint never
+//! holds back the fast ones on its partition, the per-domain limit and the rate limit hold at
+//! the receiver, ordered configs deliver in strict FIFO through failures, and webhooks that wait
+//! in a deliver task's store survive a SIGKILL.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::helpers::howk::{Howk, count_outcome};
+use crate::helpers::sink::{Reply, WebhookSink};
+use crate::helpers::wait_for;
+
+fn webhook(endpoint: &str, n: usize) -> Vec<u8> {
+    format!(r#"{{"endpoint": "{endpoint}", "payload": {{"n": {n}}}}}"#).into_bytes()
+}
+
+/// The `n` of each body `path` received, in arrival order.
+fn arrivals(sink: &WebhookSink, path: &str) -> Vec<u64> {
+    sink.received(path)
+        .iter()
+        .map(|received| {
+            let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
+            body["n"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_endpoint_never_holds_back_the_fast_ones_on_its_partition() {
+    let sink = WebhookSink::start().await;
+    // Never answers (within the 30 s timeout).
+    sink.plan(
+        "hole",
+        std::iter::repeat_n(Reply::status(200).after(Duration::from_secs(3600)), 100),
+    );
+    // One partition: every webhook shares it with the black hole.
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_PARTITIONS", "1"),
+        ("HOWK_DELIVERY_TIMEOUT", "30s"),
+    ])
+    .await;
+    howk.start_ready().await;
+    let hole: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|n| ("fair:hole".to_owned(), webhook(&sink.url("hole"), n)))
+        .collect();
+    howk.enqueue(&hole).await;
+    wait_for(
+        "the black hole's first request",
+        Duration::from_secs(30),
+        || async { (sink.received("hole").len() == 1).then_some(()) },
+    )
+    .await;
+
+    let fast: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|n| {
+            let endpoint = sink.url(&format!("fast{}", n % 10));
+            (format!("fair:fast{}", n % 4), webhook(&endpoint, n))
+        })
+        .collect();
+    let enqueued = Instant::now();
+    howk.enqueue(&fast).await;
+    // Delivered and recorded: the results (committed, read_committed) are behind the black
+    // hole's records in the partition, so they only appear once those stop holding the offset.
+    let mut results = howk.tail("results");
+    results.until(
+        "200 delivered results of the fast endpoints",
+        Duration::from_secs(5),
+        |records| count_outcome(records, "delivered") >= 200,
+    );
+    let took = enqueued.elapsed();
+    let fast_received: usize = (0..10)
+        .map(|e| sink.received(&format!("fast{e}")).len())
+        .sum();
+    assert_eq!(fast_received, 200, "after {took:?}");
+    // The black hole got one request at a time: its webhooks wait their turn (in the store),
+    // none was dropped or answered.
+    assert_eq!(sink.in_flight("hole").1, 1);
+    assert_eq!(count_outcome(&results.records, "dead_lettered"), 0);
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_per_domain_limit_holds_at_the_receiver() {
+    let sink = WebhookSink::start().await;
+    for path in 0..8 {
+        sink.plan(
+            &format!("d{path}"),
+            std::iter::repeat_n(Reply::status(200).after(Duration::from_millis(300)), 3),
+        );
+    }
+    let mut howk = Howk::new(&[("HOWK_DELIVERY_MAX_PER_DOMAIN", "3")]).await;
+    howk.start_ready().await;
+    // Eight endpoints (paths) on one host, three webhooks each: without the limit, eight
+    // requests would be in flight at once.
+    let webhooks: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|n| {
+            let endpoint = sink.url(&format!("d{}", n % 8));
+            (format!("domain:{}", n % 3), webhook(&endpoint, n))
+        })
+        .collect();
+    howk.enqueue(&webhooks).await;
+    let mut results = howk.tail("results");
+    results.until("24 delivered", Duration::from_secs(60), |records| {
+        count_outcome(records, "delivered") >= 24
+    });
+    let (_, most) = sink.all_in_flight();
+    assert_eq!(most, 3, "the most requests at once to the host");
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rate_limit_spaces_requests_to_an_endpoint() {
+    let sink = WebhookSink::start().await;
+    let mut howk = Howk::new(&[("HOWK_DELIVERY_RATE_LIMIT", "20")]).await;
+    howk.start_ready().await;
+    let webhooks: Vec<(String, Vec<u8>)> = (0..41)
+        .map(|n| ("rate:a".to_owned(), webhook(&sink.url("paced"), n)))
+        .collect();
+    howk.enqueue(&webhooks).await;
+    let mut results = howk.tail("results");
+    results.until("41 delivered", Duration::from_secs(60), |records| {
+        count_outcome(records, "delivered") >= 41
+    });
+    let received = sink.received("paced");
+    assert_eq!(received.len(), 41);
+    let span = received[40].at - received[0].at;
+    let rate = 40.0 / span.as_secs_f64();
+    assert!(
+        (18.0..=22.0).contains(&rate),
+        "{rate:.1} requests/s over {span:?} (limit 20/s)"
+    );
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordered_config_delivers_in_strict_fifo_through_failures() {
+    let sink = WebhookSink::start().await;
+    // The first webhook fails twice, then is delivered; the ones behind it must wait.
+    sink.plan(
+        "fifo",
+        [Reply::status(500), Reply::status(500), Reply::status(200)],
+    );
+    let mut howk = Howk::new(&[("HOWK_DELIVERY_ORDERED", "true")]).await;
+    howk.start_ready().await;
+    let webhooks: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|n| ("fifo:a".to_owned(), webhook(&sink.url("fifo"), n)))
+        .collect();
+    howk.enqueue(&webhooks).await;
+    let mut results = howk.tail("results");
+    results.until("5 delivered", Duration::from_secs(60), |records| {
+        count_outcome(records, "delivered") >= 5
+    });
+    assert_eq!(arrivals(&sink, "fifo"), [0, 0, 0, 1, 2, 3, 4]);
+    assert_eq!(count_outcome(&results.records, "retry_scheduled"), 2);
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_waiting_in_the_deliver_store_survive_a_kill() {
+    let sink = WebhookSink::start().await;
+    // The first request hangs, so the other nine wait behind it and move to the store.
+    sink.plan(
+        "stuck",
+        [Reply::status(200).after(Duration::from_secs(3600))],
+    );
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_PARTITIONS", "1"),
+        ("HOWK_DELIVERY_TIMEOUT", "60s"),
+    ])
+    .await;
+    howk.start_ready().await;
+    let webhooks: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|n| ("store:a".to_owned(), webhook(&sink.url("stuck"), n)))
+        .collect();
+    howk.enqueue(&webhooks).await;
+    // Committed puts of the ten jobs in the deliver store's changelog: the transaction that
+    // moved the partition's offset past them.
+    let mut changelog = crate::helpers::howk::Tail::new(
+        &howk.brokers,
+        &format!("{}-circuit-changelog", howk.prefix),
+    );
+    changelog.until(
+        "ten webhooks in the deliver store",
+        Duration::from_secs(30),
+        |records| {
+            records
+                .iter()
+                .filter(|(key, value)| key.starts_with("\0job\0") && !value.is_empty())
+                .count()
+                >= 10
+        },
+    );
+    howk.kill();
+    howk.start();
+
+    let mut results = howk.tail("results");
+    results.until("10 delivered", Duration::from_secs(60), |records| {
+        count_outcome(records, "delivered") >= 10
+    });
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    for record in results.json() {
+        if record["outcome"] == "delivered" {
+            *delivered
+                .entry(record["webhook_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(delivered.len(), 10);
+    assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
+    let mut seen = arrivals(&sink, "stuck");
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<u64>>(),
+        "first attempts in order"
+    );
+    howk.stop();
+}
