@@ -14,6 +14,34 @@ fn webhook(endpoint: &str, n: usize) -> Vec<u8> {
     format!(r#"{{"endpoint": "{endpoint}", "payload": {{"n": {n}}}}}"#).into_bytes()
 }
 
+/// Puts a pass-through script for `config_id` whose `script_config` sets its delivery policy.
+async fn put_policy(howk: &Howk, config_id: &str, script_config: serde_json::Value) {
+    let code = "-- delivery policy only";
+    let value = serde_json::json!({
+        "config_id": config_id, "lua_code": code,
+        "hash": howk_processor::lua::script::script_hash(code), "version": "1",
+        "script_config": script_config,
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    });
+    howk.produce(
+        "scripts",
+        config_id,
+        Some(&serde_json::to_vec(&value).unwrap()),
+    )
+    .await;
+    // The policy applies from when the scripts table has it.
+    let url = howk.api(&format!("/config/{config_id}/script"));
+    wait_for(
+        "the script in the table",
+        Duration::from_secs(30),
+        || async {
+            let response = reqwest::get(&url).await.ok()?;
+            response.status().is_success().then_some(())
+        },
+    )
+    .await;
+}
+
 /// The `n` of each body `path` received, in arrival order.
 fn arrivals(sink: &WebhookSink, path: &str) -> Vec<u64> {
     sink.received(path)
@@ -111,8 +139,15 @@ async fn the_per_domain_limit_holds_at_the_receiver() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rate_limit_spaces_requests_to_an_endpoint() {
     let sink = WebhookSink::start().await;
+    // Globally 20/s; the config below halves it for itself.
     let mut howk = Howk::new(&[("HOWK_DELIVERY_RATE_LIMIT", "20")]).await;
     howk.start_ready().await;
+    put_policy(
+        &howk,
+        "rate:b",
+        serde_json::json!({"_delivery_rate_limit": 10}),
+    )
+    .await;
     let webhooks: Vec<(String, Vec<u8>)> = (0..41)
         .map(|n| ("rate:a".to_owned(), webhook(&sink.url("paced"), n)))
         .collect();
@@ -129,29 +164,62 @@ async fn the_rate_limit_spaces_requests_to_an_endpoint() {
         (18.0..=22.0).contains(&rate),
         "{rate:.1} requests/s over {span:?} (limit 20/s)"
     );
+
+    let webhooks: Vec<(String, Vec<u8>)> = (0..21)
+        .map(|n| ("rate:b".to_owned(), webhook(&sink.url("paced-b"), n)))
+        .collect();
+    howk.enqueue(&webhooks).await;
+    wait_for(
+        "21 requests to paced-b",
+        Duration::from_secs(60),
+        || async { (sink.received("paced-b").len() >= 21).then_some(()) },
+    )
+    .await;
+    let received = sink.received("paced-b");
+    let span = received[20].at - received[0].at;
+    let rate = 20.0 / span.as_secs_f64();
+    assert!(
+        (9.0..=11.0).contains(&rate),
+        "{rate:.1} requests/s over {span:?} (the config's limit 10/s)"
+    );
     howk.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ordered_config_delivers_in_strict_fifo_through_failures() {
     let sink = WebhookSink::start().await;
-    // The first webhook fails twice, then is delivered; the ones behind it must wait.
-    sink.plan(
-        "fifo",
-        [Reply::status(500), Reply::status(500), Reply::status(200)],
-    );
-    let mut howk = Howk::new(&[("HOWK_DELIVERY_ORDERED", "true")]).await;
+    // The first webhook of each endpoint fails twice, then is delivered.
+    for path in ["fifo", "loose"] {
+        sink.plan(
+            path,
+            [Reply::status(500), Reply::status(500), Reply::status(200)],
+        );
+    }
+    let mut howk = Howk::new(&[]).await;
     howk.start_ready().await;
-    let webhooks: Vec<(String, Vec<u8>)> = (0..5)
+    // Ordered by its script_config; "loose:a" keeps the default (unordered).
+    put_policy(
+        &howk,
+        "fifo:a",
+        serde_json::json!({"_delivery_ordered": true}),
+    )
+    .await;
+    let mut webhooks: Vec<(String, Vec<u8>)> = (0..5)
         .map(|n| ("fifo:a".to_owned(), webhook(&sink.url("fifo"), n)))
         .collect();
+    webhooks.extend((0..5).map(|n| ("loose:a".to_owned(), webhook(&sink.url("loose"), n))));
     howk.enqueue(&webhooks).await;
     let mut results = howk.tail("results");
-    results.until("5 delivered", Duration::from_secs(60), |records| {
-        count_outcome(records, "delivered") >= 5
+    results.until("10 delivered", Duration::from_secs(60), |records| {
+        count_outcome(records, "delivered") >= 10
     });
+    // Strict FIFO: nothing behind the failing webhook went first.
     assert_eq!(arrivals(&sink, "fifo"), [0, 0, 0, 1, 2, 3, 4]);
-    assert_eq!(count_outcome(&results.records, "retry_scheduled"), 2);
+    // Unordered: the ones behind it went on while it waited for its retries.
+    let loose = arrivals(&sink, "loose");
+    assert_eq!(loose.len(), 7);
+    assert_eq!(loose[..2], [0, 1], "{loose:?}");
+    assert_eq!(count_outcome(&results.records, "retry_scheduled"), 4);
     howk.stop();
 }
 
