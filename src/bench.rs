@@ -5,6 +5,10 @@
 //!
 //! Each payload carries its enqueue time (µs since the epoch), so the receiver measures the full
 //! path: pending → ingest → delivery → script → HTTP. Topics get a fresh prefix per run.
+//!
+//! `--unhealthy 0.1` makes a tenth of the endpoints unhealthy — half answer after `--slow`
+//! (2 s), half never answer — and measures what the healthy ones still get: the fairness
+//! benchmark (SPEC §5). Only healthy deliveries count toward the rate and the latencies.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +43,23 @@ pub struct BenchArgs {
     /// below saturation (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: usize,
+    /// Share of the endpoints that are unhealthy: half of them slow, half dead (never answer).
+    #[arg(long, default_value_t = 0.0)]
+    unhealthy: f64,
+    /// How long a slow endpoint takes to answer.
+    #[arg(long, default_value = "2s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    slow: Duration,
+}
+
+/// Which route endpoint `n` of `endpoints` is on: the first `unhealthy` share are unhealthy,
+/// alternately slow and dead.
+fn route(n: usize, endpoints: usize, unhealthy: f64) -> &'static str {
+    let bad = (endpoints as f64 * unhealthy).round() as usize;
+    match n {
+        n if n >= bad => "e",
+        n if n % 2 == 0 => "slow",
+        _ => "dead",
+    }
 }
 
 /// Filler that brings a payload to ~100 bytes, a typical small event.
@@ -86,9 +107,25 @@ async fn receive(
 }
 
 pub async fn run(args: BenchArgs, mut config: HowkConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.unhealthy),
+        "--unhealthy must be at least 0 and below 1"
+    );
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let slow = args.slow;
     let app = axum::Router::new()
         .route("/e/{n}", axum::routing::post(receive))
+        .route(
+            "/slow/{n}",
+            axum::routing::post(move || async move {
+                tokio::time::sleep(slow).await;
+                "slow"
+            }),
+        )
+        .route(
+            "/dead/{n}",
+            axum::routing::post(std::future::pending::<&'static str>),
+        )
         .with_state(Arc::clone(&seen));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -119,10 +156,11 @@ pub async fn run(args: BenchArgs, mut config: HowkConfig) -> anyhow::Result<()> 
         Mode::Kafka
     };
     println!(
-        "howk bench: {} webhooks, {} configs, {} endpoints, rate {}, on {}",
+        "howk bench: {} webhooks, {} configs, {} endpoints ({:.0} % unhealthy), rate {}, on {}",
         args.count,
         args.configs,
         args.endpoints,
+        args.unhealthy * 100.0,
         match args.rate {
             0 => "unpaced".to_owned(),
             rate => format!("{rate}/s"),
@@ -198,6 +236,10 @@ async fn bench_on<L: Log>(
 
     let started = Instant::now();
     let (count, configs, endpoints) = (args.count, args.configs.max(1), args.endpoints.max(1));
+    let unhealthy = args.unhealthy;
+    let healthy = (0..count)
+        .filter(|i| route(i % endpoints, endpoints, unhealthy) == "e")
+        .count();
     // Paced runs enqueue a slice every PACE_TICK; unpaced ones ENQUEUE_BATCH at a time.
     let (batch_size, tick) = match args.rate {
         0 => (ENQUEUE_BATCH, None),
@@ -216,7 +258,8 @@ async fn bench_on<L: Log>(
                 let batch: Vec<OutRecord> = (n..(n + batch_size).min(count))
                     .map(|i| {
                         let value = format!(
-                            r#"{{"endpoint":"http://{addr}/e/{}","script_hash":"{hash}","payload":{{"t":{},"n":{i},"pad":"{PAD}"}}}}"#,
+                            r#"{{"endpoint":"http://{addr}/{}/{}","script_hash":"{hash}","payload":{{"t":{},"n":{i},"pad":"{PAD}"}}}}"#,
+                            route(i % endpoints, endpoints, unhealthy),
                             i % endpoints,
                             now_micros(),
                         );
@@ -244,11 +287,11 @@ async fn bench_on<L: Log>(
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let delivered = seen.lock().expect("seen lock").latencies.len();
-        if delivered >= count {
+        if delivered >= healthy {
             break;
         }
         if Instant::now() > deadline {
-            anyhow::bail!("only {delivered} of {count} delivered within 10 minutes");
+            anyhow::bail!("only {delivered} of {healthy} delivered within 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -266,9 +309,14 @@ async fn bench_on<L: Log>(
         latencies[index] as f64 / 1000.0
     };
     println!(
-        "delivered {count} in {:.2} s: {:.0} delivered/s",
+        "delivered {healthy}{} in {:.2} s: {:.0} delivered/s",
+        if healthy < count {
+            " (to healthy endpoints)"
+        } else {
+            ""
+        },
         total.as_secs_f64(),
-        count as f64 / total.as_secs_f64()
+        healthy as f64 / total.as_secs_f64()
     );
     println!(
         "enqueue→delivered latency: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -276,6 +324,13 @@ async fn bench_on<L: Log>(
         percentile(0.90),
         percentile(0.99),
         percentile(1.0)
+    );
+    let metrics = howk_topology::metrics::metrics();
+    println!(
+        "deliver tasks: {} spilled to their stores, {} overflowed to the retry topic, {} circuit holds",
+        metrics.spills.get(),
+        metrics.overflows.get(),
+        metrics.circuit_holds.get()
     );
     tokio::task::spawn_blocking(move || running.stop()).await??;
     Ok(())

@@ -76,6 +76,9 @@ pub enum ThreadError {
 
 /// Poll timeout while deliveries are in flight: completions are picked up at this pace.
 const BUSY_POLL: Duration = Duration::from_millis(2);
+/// Finished records held back per unit of the `max_in_flight` budget (see `backpressure`).
+const HELD_SLOTS_PER_UNIT: usize = 10;
+
 /// Poll timeout when idle.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
@@ -210,13 +213,18 @@ impl Task {
         Ok(())
     }
 
-    /// Pauses the partition while the processor holds too much, resumes at half.
+    /// Pauses the partition while the processor holds too much, resumes at half. Records
+    /// finished but held behind an unfinished one count a tenth: they cost only their outputs,
+    /// and a burst behind a webhook that is about to spill must not stall the partition.
     fn backpressure(
         &mut self,
         member: &mut impl GroupMember,
         limit: usize,
     ) -> Result<(), LogError> {
-        let backlog = self.processor.backlog().max(self.slots.len());
+        let backlog = self
+            .processor
+            .backlog()
+            .max(self.slots.len() / HELD_SLOTS_PER_UNIT);
         if !self.paused && backlog >= limit {
             self.paused = true;
             member.pause(&self.partition, true)?;

@@ -30,9 +30,10 @@ pub struct DeliveryConfig {
     /// Webhooks one deliver task holds in memory (running or queued behind their endpoint, not
     /// yet spilled to its store) before it stops reading its partition. Default 1000.
     pub max_in_flight: usize,
-    /// Webhooks one (config_id, endpoint) may have in a deliver task (running, queued, or
-    /// waiting in the store) before more overflow to `howk.retry` for `overflow_delay`, without
-    /// spending an attempt. Ordered configs have no cap. Default 100.
+    /// Webhooks a slow (config_id, endpoint) — one whose oldest webhook has waited past
+    /// `spill_after` — may have in a deliver task (running, queued, or waiting in the store)
+    /// before more overflow to `howk.retry` for `overflow_delay`, without spending an attempt.
+    /// Ordered configs have no cap. Default 100.
     pub max_per_endpoint: usize,
     /// Attempts in flight per endpoint host in one process; 0 for no limit. Default 64.
     pub max_per_domain: usize,
@@ -46,7 +47,9 @@ pub struct DeliveryConfig {
     /// store, so that slow endpoints never hold back the partition. Default 1s.
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
-    /// When an overflowing webhook comes back. Default 5s.
+    /// When an overflowing webhook comes back: a pair that is backed up behind a webhook stuck
+    /// for `spill_after` rarely drains sooner, and each return costs a round through the retry
+    /// topic. Default 30s.
     #[serde(with = "humantime_serde")]
     pub overflow_delay: Duration,
     /// Bytes of a failed response body kept for the dead letter. Default 1024.
@@ -72,7 +75,7 @@ impl Default for DeliveryConfig {
             rate_limit: 0.0,
             ordered: false,
             spill_after: Duration::from_secs(1),
-            overflow_delay: Duration::from_secs(5),
+            overflow_delay: Duration::from_secs(30),
             response_body_bytes: 1024,
             proxy: None,
         }

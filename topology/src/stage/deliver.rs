@@ -12,9 +12,9 @@
 //! (and so its changelog) in the same transaction as the offset moving past it. From then on it
 //! lives in the store until its attempt ends; its outputs and the deletion of its entry commit
 //! together, and a task that opens the store (after a crash or a rebalance) runs what it finds.
-//! So no endpoint holds back the partition for longer than `spill_after`. A pair's queue is
-//! capped at `delivery.max_per_endpoint` (the overflow goes to `howk.retry` for
-//! `delivery.overflow_delay`, no attempt spent), attempts per host are capped process-wide
+//! So no endpoint holds back the partition for longer than `spill_after`. The queue of a pair
+//! whose head has spilled (a slow or stuck endpoint) is capped at `delivery.max_per_endpoint`
+//! (the overflow goes to `howk.retry` for `delivery.overflow_delay`, no attempt spent), attempts per host are capped process-wide
 //! (`delivery.max_per_domain`), and a pair may be paced (`rate_limit`). Ordered configs keep a
 //! failing webhook at the head of its pair, waiting in the store for its next attempt, so
 //! nothing behind it is sent first.
@@ -673,8 +673,13 @@ impl Processor for DeliverProcessor {
         }
         let key = pair_key(&delivery);
         let policy = self.policy(&delivery.webhook.config_id);
-        let queued = self.queues.get(&key).map_or(0, VecDeque::len);
-        if !policy.ordered && queued >= self.shared.limits.max_per_endpoint {
+        // A pair whose head has waited past spill_after is slow or stuck; a healthy pair's queue
+        // under a burst drains in moments and is bounded by max_in_flight like any other.
+        let stuck = self.queues.get(&key).filter(|queue| {
+            queue.len() >= self.shared.limits.max_per_endpoint
+                && queue.front().is_some_and(|head| head.spilled)
+        });
+        if !policy.ordered && stuck.is_some() {
             // The pair is backed up: the webhook comes back later instead of holding memory
             // and store here (no attempt spent).
             self.counters.overflows += 1;
