@@ -445,6 +445,42 @@ impl DeliverProcessor {
         }
     }
 
+    /// The job whose attempt (or circuit check) just ended, no longer running: whether its pair
+    /// is ordered, and its record. `None` when the task no longer has it.
+    fn ended(
+        &mut self,
+        key: &PairKey,
+        offset: i64,
+    ) -> Result<Option<(bool, DeliveryRecord)>, TaskError> {
+        self.running.remove(&offset);
+        let Some(job) = self.job_mut(key, offset) else {
+            return Ok(None);
+        };
+        job.running = false;
+        let ordered = job.ordered;
+        let record = match job.record.clone() {
+            Some(record) => record,
+            None => self.read_spilled(offset)?,
+        };
+        Ok(Some((ordered, record)))
+    }
+
+    /// An ordered pair's head waits in the store, as `record`, until `until_ms`, keeping its
+    /// place: nothing behind it starts first.
+    fn wait_in_store(
+        &mut self,
+        key: &PairKey,
+        offset: i64,
+        record: &DeliveryRecord,
+        until_ms: i64,
+    ) {
+        self.spill(key, offset, record);
+        if let Some(job) = self.job_mut(key, offset) {
+            job.not_before_ms = until_ms;
+            job.record = None;
+        }
+    }
+
     /// Removes a finished job (and its stored copy).
     fn finish(&mut self, key: &PairKey, offset: i64) -> Option<Job> {
         self.running.remove(&offset);
@@ -489,16 +525,9 @@ impl DeliverProcessor {
         probe: bool,
         ctx: &mut Context<'_>,
     ) -> Result<(), TaskError> {
-        let Some(job) = self.job_mut(key, offset) else {
+        let Some((ordered, record)) = self.ended(key, offset)? else {
             return Ok(());
         };
-        job.running = false;
-        let ordered = job.ordered;
-        let record = match job.record.clone() {
-            Some(record) => record,
-            None => self.read_spilled(offset)?,
-        };
-        self.running.remove(&offset);
         let topics = Arc::clone(&self.shared.settings.topics);
         self.counters.attempts += 1;
         metrics().attempts.inc();
@@ -531,11 +560,7 @@ impl DeliverProcessor {
             if ordered {
                 // Strict FIFO: the webhook keeps the head of its pair and waits in the store
                 // for its next attempt; nothing behind it goes first.
-                self.spill(key, offset, &retry);
-                if let Some(job) = self.job_mut(key, offset) {
-                    job.not_before_ms = retry.due_at_ms;
-                    job.record = None;
-                }
+                self.wait_in_store(key, offset, &retry, retry.due_at_ms);
                 return Ok(());
             }
             ctx.send(&topics.retry, webhook_id, retry.encode());
@@ -567,14 +592,8 @@ impl DeliverProcessor {
         retry_at_ms: i64,
         ctx: &mut Context<'_>,
     ) -> Result<(), TaskError> {
-        let Some(job) = self.job_mut(key, offset) else {
+        let Some((ordered, record)) = self.ended(key, offset)? else {
             return Ok(());
-        };
-        job.running = false;
-        let ordered = job.ordered;
-        let record = match job.record.clone() {
-            Some(record) => record,
-            None => self.read_spilled(offset)?,
         };
         self.counters.circuit_holds += 1;
         metrics().circuit_holds.inc();
@@ -584,11 +603,7 @@ impl DeliverProcessor {
         send_result(ctx, &topics, &held);
         if ordered {
             // The head waits for the circuit in the store, keeping its place.
-            self.spill(key, offset, &record);
-            if let Some(job) = self.job_mut(key, offset) {
-                job.not_before_ms = retry_at_ms;
-                job.record = None;
-            }
+            self.wait_in_store(key, offset, &record, retry_at_ms);
             return Ok(());
         }
         // The same attempt waits for the circuit: no attempt is spent.
