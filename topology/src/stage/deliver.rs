@@ -134,7 +134,8 @@ struct Job {
     /// `None` while a spilled job waits behind its pair's head: it is read back from the store
     /// when its turn comes, so a long queue costs memory per job, not per payload.
     record: Option<DeliveryRecord>,
-    ordered: bool,
+    /// Its config's rate limit and ordering, read once when the task took it.
+    policy: PairPolicy,
     taken_ms: i64,
     /// Its attempt (or circuit check) is under way: a completion will come.
     running: bool,
@@ -253,12 +254,12 @@ impl DeliverProcessor {
                 ))
             })?;
             let pair = pair_key(&record);
-            let ordered = self.policy(&record.webhook.config_id).ordered;
+            let policy = self.policy(&record.webhook.config_id);
             self.queues.entry(pair).or_default().push_back(Job {
                 offset,
-                not_before_ms: if ordered { record.due_at_ms } else { 0 },
+                not_before_ms: if policy.ordered { record.due_at_ms } else { 0 },
                 record: None,
-                ordered,
+                policy,
                 taken_ms: now_ms,
                 running: false,
                 spilled: true,
@@ -343,15 +344,14 @@ impl DeliverProcessor {
         if job.running || job.not_before_ms > now_ms {
             return Ok(());
         }
-        let offset = job.offset;
+        let (offset, rate_limit) = (job.offset, job.policy.rate_limit);
         let record = match &job.record {
             Some(record) => record.clone(),
             None => self.read_spilled(offset)?,
         };
         let admission =
             self.update_circuit(&key.1, |circuit, config| circuit.admit(now_ms, config))?;
-        let policy = self.policy(&record.webhook.config_id);
-        let pace = match policy.rate_limit {
+        let pace = match rate_limit {
             Some(rate) => self
                 .pacers
                 .entry(key.clone())
@@ -430,9 +430,10 @@ impl DeliverProcessor {
             .find(|job| job.offset == offset)
     }
 
-    /// Moves a job to the store (or updates its stored record): its offset may move on.
-    fn spill(&mut self, key: &PairKey, offset: i64, record: &DeliveryRecord) {
-        self.store.put(&job_key(offset), &record.encode());
+    /// Moves a job to the store as `encoded` (or updates its stored record): its offset may
+    /// move on.
+    fn spill(&mut self, key: &PairKey, offset: i64, encoded: &[u8]) {
+        self.store.put(&job_key(offset), encoded);
         let Some(job) = self.job_mut(key, offset) else {
             return;
         };
@@ -446,7 +447,8 @@ impl DeliverProcessor {
     }
 
     /// The job whose attempt (or circuit check) just ended, no longer running: whether its pair
-    /// is ordered, and its record. `None` when the task no longer has it.
+    /// is ordered, and its record, taken out of the job (which is then finished, or waits in
+    /// the store). `None` when the task no longer has it.
     fn ended(
         &mut self,
         key: &PairKey,
@@ -457,8 +459,8 @@ impl DeliverProcessor {
             return Ok(None);
         };
         job.running = false;
-        let ordered = job.ordered;
-        let record = match job.record.clone() {
+        let ordered = job.policy.ordered;
+        let record = match job.record.take() {
             Some(record) => record,
             None => self.read_spilled(offset)?,
         };
@@ -474,7 +476,7 @@ impl DeliverProcessor {
         record: &DeliveryRecord,
         until_ms: i64,
     ) {
-        self.spill(key, offset, record);
+        self.spill(key, offset, &record.encode());
         if let Some(job) = self.job_mut(key, offset) {
             job.not_before_ms = until_ms;
             job.record = None;
@@ -709,7 +711,7 @@ impl Processor for DeliverProcessor {
         queue.push_back(Job {
             offset: record.offset,
             record: Some(delivery),
-            ordered: policy.ordered,
+            policy,
             taken_ms: ctx.now_ms,
             running: false,
             spilled: false,
@@ -741,18 +743,14 @@ impl Processor for DeliverProcessor {
             Done::Spill { key } => {
                 if let Some(job) = self.job_mut(&key, offset)
                     && !job.spilled
+                    && let Some(record) = &job.record
                 {
-                    let record = match &job.record {
-                        Some(record) => record.clone(),
-                        None => return Ok(()),
-                    };
-                    self.spill(&key, offset, &record);
+                    let bytes = record.encode();
                     // A waiting job is read back when its turn comes.
-                    if let Some(job) = self.job_mut(&key, offset)
-                        && !job.running
-                    {
+                    if !job.running {
                         job.record = None;
                     }
+                    self.spill(&key, offset, &bytes);
                 }
                 return self.flush(ctx);
             }
@@ -774,14 +772,16 @@ impl Processor for DeliverProcessor {
         let spill_at = now_ms.saturating_sub(self.shared.limits.spill_after_ms);
         let mut due = Vec::new();
         for (key, queue) in &mut self.queues {
-            if self.unspilled > 0 {
-                for job in queue.iter_mut() {
-                    if !job.spilled && !job.spill_requested && job.taken_ms <= spill_at {
-                        job.spill_requested = true;
-                        self.completions
-                            .complete(job.offset, Box::new(Done::Spill { key: key.clone() }));
-                    }
+            // Within a queue, jobs are in the order taken and spill in that order (a head that
+            // waits in the store is spilled first), so the ones left to ask for are a suffix.
+            let first = queue.partition_point(|job| job.spill_requested);
+            for job in queue.range_mut(first..) {
+                if job.taken_ms > spill_at {
+                    break;
                 }
+                job.spill_requested = true;
+                self.completions
+                    .complete(job.offset, Box::new(Done::Spill { key: key.clone() }));
             }
             if queue
                 .front()
