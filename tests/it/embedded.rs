@@ -8,7 +8,7 @@ use howk_processor::delivery::client::{DeliveryClient, DeliveryConfig};
 use howk_processor::lua::LuaConfig;
 use howk_processor::lua::pool::EnginePool;
 use howk_processor::lua::template::{TemplateResolver, process_env};
-use howk_topology::builder::{Engines, TopologyConfig, start};
+use howk_topology::builder::{Engines, RunningTopology, TopologyConfig, start};
 use howk_topology::log::embedded::EmbeddedLog;
 use howk_topology::log::{Log, OutRecord, ReadEvent, TopicPartition, TopicReader};
 use howk_topology::topics::catalogue;
@@ -48,6 +48,50 @@ fn topology_config(kafka: &KafkaConfig, dir: &std::path::Path) -> TopologyConfig
     }
 }
 
+/// An embedded log under `dir` with `partitions` per webhook topic, and its Kafka section.
+fn open_log(dir: &std::path::Path, partitions: i32) -> (Arc<EmbeddedLog>, KafkaConfig) {
+    let kafka = KafkaConfig {
+        partitions,
+        ..KafkaConfig::default()
+    };
+    let log = EmbeddedLog::open(Some(&dir.join("log")), &catalogue(&kafka)).unwrap();
+    (Arc::new(log), kafka)
+}
+
+/// Starts the topology on `log`, off the reactor; `lua` gives it script engines.
+async fn start_on(log: &Arc<EmbeddedLog>, config: TopologyConfig, lua: bool) -> RunningTopology {
+    let pool =
+        lua.then(|| EnginePool::start(LuaConfig::default().engine_settings(process_env()), 2, 64));
+    let engines = Engines {
+        pool,
+        client: loopback_client(),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let log = Arc::clone(log);
+    tokio::task::spawn_blocking(move || start(log, config, engines, handle))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Stops the topology cleanly, off the reactor.
+async fn stop(running: RunningTopology) {
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A `pending` record: a webhook of `config_id` to `endpoint` with `payload`.
+fn pending(kafka: &KafkaConfig, config_id: &str, endpoint: &str, payload: usize) -> OutRecord {
+    OutRecord {
+        topic: Arc::from(kafka.topics.pending.as_str()),
+        partition: None,
+        key: config_id.as_bytes().to_vec(),
+        value: Some(format!(r#"{{"endpoint": "{endpoint}", "payload": {payload}}}"#).into_bytes()),
+    }
+}
+
 /// A delivery client that may reach the receivers on loopback.
 fn loopback_client() -> DeliveryClient {
     DeliveryClient::new(
@@ -64,26 +108,8 @@ fn loopback_client() -> DeliveryClient {
 async fn the_happy_path_runs_on_the_embedded_log() {
     let sink = WebhookSink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        partitions: 3,
-        ..KafkaConfig::default()
-    };
-    let log =
-        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
-    let config = topology_config(&kafka, dir.path());
-    let lua = LuaConfig::default();
-    let engines = Engines {
-        pool: Some(EnginePool::start(lua.engine_settings(process_env()), 2, 64)),
-        client: loopback_client(),
-    };
-    let handle = tokio::runtime::Handle::current();
-    let running = {
-        let log = Arc::clone(&log);
-        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let (log, kafka) = open_log(dir.path(), 3);
+    let running = start_on(&log, topology_config(&kafka, dir.path()), true).await;
 
     let (webhooks, expected) = happy_path_workload(&sink);
     let pending: Arc<str> = Arc::from(kafka.topics.pending.as_str());
@@ -123,10 +149,7 @@ async fn the_happy_path_runs_on_the_embedded_log() {
     // Healthy endpoints leave nothing behind in the deliver tasks' circuit caches (review M4);
     // the other in-process test delivers only to a healthy endpoint too.
     assert_eq!(howk_topology::metrics::metrics().circuits_cached.get(), 0);
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,40 +160,17 @@ async fn a_closed_task_aborts_its_running_attempts() {
     let sink = WebhookSink::start().await;
     sink.plan("slow", [Reply::status(200).after(Duration::from_secs(20))]);
     let dir = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        partitions: 1,
-        ..KafkaConfig::default()
-    };
-    let log =
-        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
-    let start_topology = |log: Arc<EmbeddedLog>| {
-        let mut config = topology_config(&kafka, dir.path());
-        config.processing.shutdown_grace = Duration::from_millis(100);
-        let engines = Engines {
-            pool: None,
-            client: loopback_client(),
-        };
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
-    };
-    let running = start_topology(Arc::clone(&log)).await.unwrap().unwrap();
-    log.produce(vec![OutRecord {
-        topic: Arc::from(kafka.topics.pending.as_str()),
-        partition: None,
-        key: b"slow:1".to_vec(),
-        value: Some(
-            format!(r#"{{"endpoint": "{}", "payload": 1}}"#, sink.url("slow")).into_bytes(),
-        ),
-    }])
-    .unwrap();
+    let (log, kafka) = open_log(dir.path(), 1);
+    let mut config = topology_config(&kafka, dir.path());
+    config.processing.shutdown_grace = Duration::from_millis(100);
+    let running = start_on(&log, config.clone(), false).await;
+    log.produce(vec![pending(&kafka, "slow:1", &sink.url("slow"), 1)])
+        .unwrap();
     wait_for("the attempt in flight", Duration::from_secs(30), || async {
         (sink.in_flight("slow").0 == 1).then_some(())
     })
     .await;
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(running).await;
     // The task closed with its attempt unfinished: the attempt is aborted, its request dropped.
     wait_for(
         "the old request to be dropped",
@@ -180,16 +180,13 @@ async fn a_closed_task_aborts_its_running_attempts() {
     .await;
 
     // The same process takes the partition again: the webhook is redone, alone.
-    let running = start_topology(Arc::clone(&log)).await.unwrap().unwrap();
+    let running = start_on(&log, config, false).await;
     wait_for("the redone attempt", Duration::from_secs(30), || async {
         (sink.received("slow").len() == 2).then_some(())
     })
     .await;
     assert_eq!(sink.in_flight("slow").1, 1, "two attempts ran at once");
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,38 +200,15 @@ async fn a_black_holed_endpoint_does_not_hold_back_its_partition() {
         std::iter::repeat_n(Reply::status(200).after(Duration::from_secs(3600)), 40),
     );
     let dir = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        partitions: 1,
-        ..KafkaConfig::default()
-    };
-    let log =
-        Arc::new(EmbeddedLog::open(Some(&dir.path().join("log")), &catalogue(&kafka)).unwrap());
+    let (log, kafka) = open_log(dir.path(), 1);
     let mut config = topology_config(&kafka, dir.path());
     config.processing.shutdown_grace = Duration::from_millis(100);
     config.delivery.max_in_flight = 20;
-    let engines = Engines {
-        pool: None,
-        client: loopback_client(),
-    };
-    let handle = tokio::runtime::Handle::current();
-    let running = {
-        let log = Arc::clone(&log);
-        tokio::task::spawn_blocking(move || start(log, config, engines, handle))
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let pending: Arc<str> = Arc::from(kafka.topics.pending.as_str());
-    let record = |key: &str, endpoint: String, n: usize| OutRecord {
-        topic: Arc::clone(&pending),
-        partition: None,
-        key: key.as_bytes().to_vec(),
-        value: Some(format!(r#"{{"endpoint": "{endpoint}", "payload": {n}}}"#).into_bytes()),
-    };
+    let running = start_on(&log, config, false).await;
     let mut records: Vec<OutRecord> = (0..40)
-        .map(|n| record("hole:1", sink.url("hole"), n))
+        .map(|n| pending(&kafka, "hole:1", &sink.url("hole"), n))
         .collect();
-    records.push(record("fast:1", sink.url("fast"), 40));
+    records.push(pending(&kafka, "fast:1", &sink.url("fast"), 40));
     log.produce(records).unwrap();
     wait_for(
         "the fast webhook's delivered result",
@@ -248,8 +222,5 @@ async fn a_black_holed_endpoint_does_not_hold_back_its_partition() {
     )
     .await;
     assert_eq!(sink.in_flight("hole").1, 1);
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    stop(running).await;
 }
