@@ -6,12 +6,28 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::helpers::howk::{Howk, count_outcome};
+use crate::helpers::howk::{Howk, Tail, count_outcome};
 use crate::helpers::sink::{Reply, WebhookSink};
 use crate::helpers::wait_for;
 
 fn webhook(endpoint: &str, n: usize) -> Vec<u8> {
     format!(r#"{{"endpoint": "{endpoint}", "payload": {{"n": {n}}}}}"#).into_bytes()
+}
+
+/// `count` webhooks of `config_id` to `endpoint`, with payloads `{"n": 0..count}`.
+fn series(config_id: &str, endpoint: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|n| (config_id.to_owned(), webhook(endpoint, n)))
+        .collect()
+}
+
+/// The results topic once it holds `count` delivered results (within `deadline`).
+fn delivered(howk: &Howk, count: usize, deadline: Duration) -> Tail {
+    let mut results = howk.tail("results");
+    results.until(&format!("{count} delivered"), deadline, |records| {
+        count_outcome(records, "delivered") >= count
+    });
+    results
 }
 
 /// Puts a pass-through script for `config_id` whose `script_config` sets its delivery policy.
@@ -68,9 +84,7 @@ async fn a_black_holed_endpoint_never_holds_back_the_fast_ones_on_its_partition(
     ])
     .await;
     howk.start_ready().await;
-    let hole: Vec<(String, Vec<u8>)> = (0..100)
-        .map(|n| ("fair:hole".to_owned(), webhook(&sink.url("hole"), n)))
-        .collect();
+    let hole = series("fair:hole", &sink.url("hole"), 100);
     howk.enqueue(&hole).await;
     wait_for(
         "the black hole's first request",
@@ -89,12 +103,7 @@ async fn a_black_holed_endpoint_never_holds_back_the_fast_ones_on_its_partition(
     howk.enqueue(&fast).await;
     // Delivered and recorded: the results (committed, read_committed) are behind the black
     // hole's records in the partition, so they only appear once those stop holding the offset.
-    let mut results = howk.tail("results");
-    results.until(
-        "200 delivered results of the fast endpoints",
-        Duration::from_secs(5),
-        |records| count_outcome(records, "delivered") >= 200,
-    );
+    let results = delivered(&howk, 200, Duration::from_secs(5));
     let took = enqueued.elapsed();
     let fast_received: usize = (0..10)
         .map(|e| sink.received(&format!("fast{e}")).len())
@@ -127,10 +136,7 @@ async fn the_per_domain_limit_holds_at_the_receiver() {
         })
         .collect();
     howk.enqueue(&webhooks).await;
-    let mut results = howk.tail("results");
-    results.until("24 delivered", Duration::from_secs(60), |records| {
-        count_outcome(records, "delivered") >= 24
-    });
+    delivered(&howk, 24, Duration::from_secs(60));
     let (_, most) = sink.all_in_flight();
     assert_eq!(most, 3, "the most requests at once to the host");
     howk.stop();
@@ -148,14 +154,9 @@ async fn the_rate_limit_spaces_requests_to_an_endpoint() {
         serde_json::json!({"_delivery_rate_limit": 10}),
     )
     .await;
-    let webhooks: Vec<(String, Vec<u8>)> = (0..41)
-        .map(|n| ("rate:a".to_owned(), webhook(&sink.url("paced"), n)))
-        .collect();
+    let webhooks = series("rate:a", &sink.url("paced"), 41);
     howk.enqueue(&webhooks).await;
-    let mut results = howk.tail("results");
-    results.until("41 delivered", Duration::from_secs(60), |records| {
-        count_outcome(records, "delivered") >= 41
-    });
+    delivered(&howk, 41, Duration::from_secs(60));
     let received = sink.received("paced");
     assert_eq!(received.len(), 41);
     let span = received[40].at - received[0].at;
@@ -165,9 +166,7 @@ async fn the_rate_limit_spaces_requests_to_an_endpoint() {
         "{rate:.1} requests/s over {span:?} (limit 20/s)"
     );
 
-    let webhooks: Vec<(String, Vec<u8>)> = (0..21)
-        .map(|n| ("rate:b".to_owned(), webhook(&sink.url("paced-b"), n)))
-        .collect();
+    let webhooks = series("rate:b", &sink.url("paced-b"), 21);
     howk.enqueue(&webhooks).await;
     wait_for(
         "21 requests to paced-b",
@@ -204,15 +203,10 @@ async fn an_ordered_config_delivers_in_strict_fifo_through_failures() {
         serde_json::json!({"_delivery_ordered": true}),
     )
     .await;
-    let mut webhooks: Vec<(String, Vec<u8>)> = (0..5)
-        .map(|n| ("fifo:a".to_owned(), webhook(&sink.url("fifo"), n)))
-        .collect();
-    webhooks.extend((0..5).map(|n| ("loose:a".to_owned(), webhook(&sink.url("loose"), n))));
+    let mut webhooks = series("fifo:a", &sink.url("fifo"), 5);
+    webhooks.extend(series("loose:a", &sink.url("loose"), 5));
     howk.enqueue(&webhooks).await;
-    let mut results = howk.tail("results");
-    results.until("10 delivered", Duration::from_secs(60), |records| {
-        count_outcome(records, "delivered") >= 10
-    });
+    let results = delivered(&howk, 10, Duration::from_secs(60));
     // Strict FIFO: nothing behind the failing webhook went first.
     assert_eq!(arrivals(&sink, "fifo"), [0, 0, 0, 1, 2, 3, 4]);
     // Unordered: the ones behind it went on while it waited for its retries.
@@ -237,9 +231,7 @@ async fn webhooks_waiting_in_the_deliver_store_survive_a_kill() {
     ])
     .await;
     howk.start_ready().await;
-    let webhooks: Vec<(String, Vec<u8>)> = (0..10)
-        .map(|n| ("store:a".to_owned(), webhook(&sink.url("stuck"), n)))
-        .collect();
+    let webhooks = series("store:a", &sink.url("stuck"), 10);
     howk.enqueue(&webhooks).await;
     // Committed puts of the ten jobs in the deliver store's changelog: the transaction that
     // moved the partition's offset past them.
@@ -261,10 +253,7 @@ async fn webhooks_waiting_in_the_deliver_store_survive_a_kill() {
     howk.kill();
     howk.start();
 
-    let mut results = howk.tail("results");
-    results.until("10 delivered", Duration::from_secs(60), |records| {
-        count_outcome(records, "delivered") >= 10
-    });
+    let results = delivered(&howk, 10, Duration::from_secs(60));
     let mut delivered: HashMap<String, usize> = HashMap::new();
     for record in results.json() {
         if record["outcome"] == "delivered" {
