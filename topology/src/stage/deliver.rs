@@ -743,8 +743,15 @@ impl Processor for DeliverProcessor {
             Done::Spill { key } => {
                 if let Some(job) = self.job_mut(&key, offset)
                     && !job.spilled
-                    && let Some(record) = &job.record
                 {
+                    // Only a spilled job gives its record up; the slot this completion
+                    // releases must not leave the webhook nowhere.
+                    let Some(record) = &job.record else {
+                        return Err(TaskError::Other(format!(
+                            "deliver task lost the record of its unspilled webhook at offset \
+                             {offset}"
+                        )));
+                    };
                     let bytes = record.encode();
                     // A waiting job is read back when its turn comes.
                     if !job.running {
