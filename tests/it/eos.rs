@@ -371,3 +371,47 @@ async fn a_replay_from_zero_starts_at_the_oldest_record_left() {
     .unwrap();
     assert_eq!(values, ["r3", "r4"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_member_fails_its_poll_instead_of_idling_forever() {
+    // Found by the chaos soak: after a broker restart the member got FencedInstanceId, a fatal
+    // consumer error. Its poll logged it and returned nothing from then on, so every partition
+    // of that process stalled for good. A fatal consumer error must fail the poll, so the stream
+    // thread restarts with a fresh member. Here a second member with the same instance id fences
+    // the first.
+    let Fixture {
+        input,
+        group,
+        config,
+        ..
+    } = Fixture::new("fenced", 1).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let log = KafkaLog::new(config);
+        let input: Arc<str> = Arc::from(input.as_str());
+        let instance = unique("fenced-member");
+        let assigned = |member: &mut KafkaMember| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "no assignment");
+                if let Ok(Some(Event::Assigned(_))) = member.poll(Duration::from_millis(100)) {
+                    return;
+                }
+            }
+        };
+        let mut first = log.join(&group, &instance, &[Arc::clone(&input)]).unwrap();
+        assigned(&mut first);
+        let mut second = log.join(&group, &instance, &[Arc::clone(&input)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let _ = second.poll(Duration::from_millis(50));
+            if let Err(error) = first.poll(Duration::from_millis(50)) {
+                return Some(error.to_string());
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let error = outcome.expect("the fenced member kept polling as if nothing happened");
+    assert!(error.contains("poll"), "{error}");
+}

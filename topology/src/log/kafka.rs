@@ -556,6 +556,12 @@ impl GroupMember for KafkaMember {
         let message = match polled {
             None => None,
             Some(Ok(message)) => Some(record_of(&message)),
+            // A fatal error (this member's instance id fenced by another, after a broker
+            // restart say) ends the consumer: nothing comes from it again. The thread restarts
+            // with a fresh member rather than idle on its partitions forever.
+            Some(Err(source @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(kafka("poll")(source));
+            }
             Some(Err(source)) => {
                 tracing::warn!(error = %source, "consumer error");
                 None
