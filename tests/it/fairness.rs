@@ -33,18 +33,8 @@ fn delivered(howk: &Howk, count: usize, deadline: Duration) -> Tail {
 /// Puts a pass-through script for `config_id` whose `script_config` sets its delivery policy.
 async fn put_policy(howk: &Howk, config_id: &str, script_config: serde_json::Value) {
     let code = "-- delivery policy only";
-    let value = serde_json::json!({
-        "config_id": config_id, "lua_code": code,
-        "hash": howk_processor::lua::script::script_hash(code), "version": "1",
-        "script_config": script_config,
-        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
-    });
-    howk.produce(
-        "scripts",
-        config_id,
-        Some(&serde_json::to_vec(&value).unwrap()),
-    )
-    .await;
+    howk.put_script_with_config(config_id, code, Some(script_config))
+        .await;
     // The policy applies from when the scripts table has it.
     let url = howk.api(&format!("/config/{config_id}/script"));
     wait_for(

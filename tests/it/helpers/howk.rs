@@ -244,11 +244,24 @@ impl Howk {
 
     /// Sets a script on the scripts topic, as the API would.
     pub async fn put_script(&self, config_id: &str, code: &str) -> String {
+        self.put_script_with_config(config_id, code, None).await
+    }
+
+    /// Sets a script with its `script_config` on the scripts topic.
+    pub async fn put_script_with_config(
+        &self,
+        config_id: &str,
+        code: &str,
+        script_config: Option<serde_json::Value>,
+    ) -> String {
         let hash = howk_processor::lua::script::script_hash(code);
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "config_id": config_id, "lua_code": code, "hash": hash, "version": "1",
             "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
         });
+        if let Some(script_config) = script_config {
+            value["script_config"] = script_config;
+        }
         self.produce(
             "scripts",
             config_id,
