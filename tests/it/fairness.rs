@@ -48,17 +48,6 @@ async fn put_policy(howk: &Howk, config_id: &str, script_config: serde_json::Val
     .await;
 }
 
-/// The `n` of each body `path` received, in arrival order.
-fn arrivals(sink: &WebhookSink, path: &str) -> Vec<u64> {
-    sink.received(path)
-        .iter()
-        .map(|received| {
-            let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
-            body["n"].as_u64().unwrap()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_endpoint_never_holds_back_the_fast_ones_on_its_partition() {
     let sink = WebhookSink::start().await;
@@ -198,9 +187,9 @@ async fn an_ordered_config_delivers_in_strict_fifo_through_failures() {
     howk.enqueue(&webhooks).await;
     let results = delivered(&howk, 10, Duration::from_secs(60));
     // Strict FIFO: nothing behind the failing webhook went first.
-    assert_eq!(arrivals(&sink, "fifo"), [0, 0, 0, 1, 2, 3, 4]);
+    assert_eq!(sink.arrivals("fifo"), [0, 0, 0, 1, 2, 3, 4]);
     // Unordered: the ones behind it went on while it waited for its retries.
-    let loose = arrivals(&sink, "loose");
+    let loose = sink.arrivals("loose");
     assert_eq!(loose.len(), 7);
     assert_eq!(loose[..2], [0, 1], "{loose:?}");
     assert_eq!(count_outcome(&results.records, "retry_scheduled"), 4);
@@ -254,12 +243,81 @@ async fn webhooks_waiting_in_the_deliver_store_survive_a_kill() {
     }
     assert_eq!(delivered.len(), 10);
     assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
-    let mut seen = arrivals(&sink, "stuck");
+    let mut seen = sink.arrivals("stuck");
     seen.dedup();
     assert_eq!(
         seen,
         (0..10).collect::<Vec<u64>>(),
         "first attempts in order"
     );
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_endpoint_overflows_to_the_retry_topic_without_spending_attempts() {
+    let sink = WebhookSink::start().await;
+    // The first request takes 6 s; the rest are answered at once.
+    sink.plan("jam", [Reply::status(200).after(Duration::from_secs(6))]);
+    let mut howk = Howk::new(&[
+        ("HOWK_KAFKA_PARTITIONS", "1"),
+        ("HOWK_DELIVERY_MAX_PER_ENDPOINT", "3"),
+        ("HOWK_DELIVERY_OVERFLOW_DELAY", "1s"),
+        // Longer than the first request takes: it is delivered, not retried.
+        ("HOWK_DELIVERY_TIMEOUT", "30s"),
+    ])
+    .await;
+    howk.start_ready().await;
+    howk.enqueue(&series("jam:a", &sink.url("jam"), 1)).await;
+    // The head has waited past spill_after and moved to the store: the pair counts as stuck.
+    let mut changelog = Tail::new(&howk.brokers, &format!("{}-circuit-changelog", howk.prefix));
+    changelog.until(
+        "the head in the deliver store",
+        Duration::from_secs(30),
+        |records| {
+            records
+                .iter()
+                .any(|(key, value)| key.starts_with("\0job\0") && !value.is_empty())
+        },
+    );
+    let behind: Vec<(String, Vec<u8>)> = (1..=10)
+        .map(|n| ("jam:a".to_owned(), webhook(&sink.url("jam"), n)))
+        .collect();
+    howk.enqueue(&behind).await;
+
+    // The queue holds three (the head and two behind it); the other eight go round howk.retry.
+    let mut retry = howk.tail("retry");
+    retry.until(
+        "eight webhooks overflowed",
+        Duration::from_secs(30),
+        |records| {
+            records
+                .iter()
+                .map(|(key, _)| key)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                >= 8
+        },
+    );
+    let results = delivered(&howk, 11, Duration::from_secs(60));
+    retry.poll(Duration::from_secs(1));
+    assert_eq!(retry.per_key().len(), 8, "webhooks that overflowed");
+    // No attempt spent and nothing written for an overflow: each webhook has its accepted
+    // result and one delivered result, of its first attempt (0-based in results).
+    let records = results.json();
+    let delivered: Vec<_> = records
+        .iter()
+        .filter(|r| r["outcome"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 11);
+    assert!(delivered.iter().all(|r| r["attempt"] == 0), "{delivered:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["outcome"] == "delivered" || r["outcome"] == "accepted"),
+        "{records:?}"
+    );
+    let mut seen = sink.arrivals("jam");
+    seen.sort_unstable();
+    assert_eq!(seen, (0..=10).collect::<Vec<u64>>(), "each delivered once");
     howk.stop();
 }

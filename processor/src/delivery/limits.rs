@@ -96,8 +96,9 @@ fn host_of(endpoint: &str) -> String {
         .unwrap_or_else(|| endpoint.to_owned())
 }
 
-/// Start times for one (config_id, endpoint) under a rate limit.
-#[derive(Debug, Default, Clone, Copy)]
+/// Start times for one (config_id, endpoint) under a rate limit. Serializable: the deliver task
+/// keeps it in its store.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Pacer {
     /// When the next attempt may start (ms since the epoch, fractional).
     next_ms: f64,

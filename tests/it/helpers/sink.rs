@@ -187,6 +187,20 @@ impl WebhookSink {
             .unwrap_or_default()
     }
 
+    /// The number each body of `/hook/{name}` carries, in arrival order: the body itself (a
+    /// payload like `7`) or its `n` field (a payload like `{"n": 7}`).
+    pub fn arrivals(&self, name: &str) -> Vec<u64> {
+        self.received(name)
+            .iter()
+            .map(|received| {
+                let body: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
+                body.as_u64()
+                    .or_else(|| body["n"].as_u64())
+                    .unwrap_or_else(|| panic!("a body without a number: {body}"))
+            })
+            .collect()
+    }
+
     /// Requests received on every path.
     pub fn total(&self) -> usize {
         self.inner

@@ -123,6 +123,16 @@ type PairKey = (String, String);
 const JOB_PREFIX: &[u8] = b"\0job\0";
 const JOB_PREFIX_END: &[u8] = b"\0job\x01";
 
+/// Where a rate-limited pair's bucket lives: this prefix and the pair, postcard-encoded.
+const PACE_PREFIX: &[u8] = b"\0pace\0";
+const PACE_PREFIX_END: &[u8] = b"\0pace\x01";
+
+fn pace_key(key: &PairKey) -> Vec<u8> {
+    let mut bytes = PACE_PREFIX.to_vec();
+    bytes.extend(postcard::to_stdvec(key).expect("a pair key serializes"));
+    bytes
+}
+
 fn job_key(offset: i64) -> Vec<u8> {
     let mut key = JOB_PREFIX.to_vec();
     key.extend_from_slice(&offset.to_be_bytes());
@@ -227,8 +237,25 @@ impl DeliverProcessor {
             running: HashMap::new(),
             counters: DeliverCounters::default(),
         };
+        task.load_pacers()?;
         task.resume_spilled()?;
         Ok(task)
+    }
+
+    /// Reads the rate-limited pairs' buckets an earlier incarnation left (the idle ones are
+    /// forgotten at the next punctuation).
+    fn load_pacers(&mut self) -> Result<(), TaskError> {
+        for (key, value) in self.store.range(PACE_PREFIX, PACE_PREFIX_END, usize::MAX)? {
+            let pair = postcard::from_bytes::<PairKey>(&key[PACE_PREFIX.len()..]);
+            match (pair, postcard::from_bytes::<Pacer>(&value)) {
+                (Ok(pair), Ok(pacer)) => {
+                    self.pacers.insert(pair, pacer);
+                }
+                // A bucket is advisory: an unreadable one is dropped, not a task error.
+                _ => self.store.delete(&key),
+            }
+        }
+        Ok(())
     }
 
     /// Queues the spilled jobs the store holds (an earlier incarnation's) and starts them.
@@ -352,12 +379,11 @@ impl DeliverProcessor {
         let admission =
             self.update_circuit(&key.1, |circuit, config| circuit.admit(now_ms, config))?;
         let pace = match rate_limit {
-            Some(rate) => self
-                .pacers
-                .entry(key.clone())
-                .or_default()
-                .reserve(now_ms, rate),
-            None => Duration::ZERO,
+            // A webhook the circuit holds back takes no start time.
+            Some(rate) if !matches!(admission, Admission::Rejected { .. }) => {
+                self.reserve_start(key, now_ms, rate)
+            }
+            _ => Duration::ZERO,
         };
         let completions = self.completions.clone();
         match admission {
@@ -406,6 +432,17 @@ impl DeliverProcessor {
             }
         }
         Ok(())
+    }
+
+    /// Reserves the next start of a rate-limited pair: how long its attempt waits. The bucket
+    /// is written to the store (one small record per paced attempt, only for rate-limited
+    /// pairs), so a restarted or reassigned task keeps the spacing instead of sending at once.
+    fn reserve_start(&mut self, key: &PairKey, now_ms: i64, rate: f64) -> Duration {
+        let pacer = self.pacers.entry(key.clone()).or_default();
+        let wait = pacer.reserve(now_ms, rate);
+        let bytes = postcard::to_stdvec(&*pacer).expect("a pacer serializes");
+        self.store.put(&pace_key(key), &bytes);
+        wait
     }
 
     fn read_spilled(&self, offset: i64) -> Result<DeliveryRecord, TaskError> {
@@ -800,7 +837,15 @@ impl Processor for DeliverProcessor {
         for key in due {
             self.start(&key, now_ms)?;
         }
-        self.pacers.retain(|_, pacer| !pacer.idle(now_ms));
+        // An idle bucket has nothing to remember: gone from memory and store.
+        let store = &mut self.store;
+        self.pacers.retain(|key, pacer| {
+            let idle = pacer.idle(now_ms);
+            if idle {
+                store.delete(&pace_key(key));
+            }
+            !idle
+        });
         self.flush(ctx)
     }
 
