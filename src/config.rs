@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use howk_api::ApiConfig;
+use howk_api::transformers::TransformerConfig;
 use howk_processor::delivery::client::DeliveryConfig;
 use howk_processor::lua::LuaConfig;
 use howk_processor::lua::modules::kv::RedisConfig;
@@ -56,6 +57,8 @@ pub struct HowkConfig {
     pub status: StatusConfig,
     /// Dead-letter contents.
     pub dlq: DlqConfig,
+    /// Incoming transformers (`POST /incoming/:name`, SPEC §7).
+    pub transformer: TransformerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -185,6 +185,8 @@ fn api_state(
     topology: Option<LocalTopology>,
     pool: Option<Arc<EnginePool>>,
 ) -> AppState {
+    let transformers = howk_api::transformers::Transformers::load(config.transformer.clone());
+    transformers.spawn_reloaders();
     AppState {
         config: Arc::new(config.api.clone()),
         ingress,
@@ -198,6 +200,7 @@ fn api_state(
         },
         max_record_bytes: config.processing.max_record_bytes,
         default_max_attempts: config.retry.max_attempts,
+        transformers,
     }
 }
 

@@ -5,6 +5,8 @@
 //!   [`routes::scripts`] (PUT/GET/DELETE, test), [`routes::stats`], [`routes::health`]
 //!   (health, ready, metrics) — merged in [`router`] with the cross-cutting layers
 //! - [`ingress`]: how records reach the log (acks=all; batches in one transaction)
+//! - [`transformers`]: the scripts behind `POST /incoming/:name` ([`routes::incoming`]), loaded
+//!   from disk and reloaded on SIGHUP and on change
 //! - [`state`]: what handlers share; [`error`]: the one `ApiError`; [`config`]: `api.*`
 //! - [`openapi`]: the generated OpenAPI document
 //!
@@ -16,6 +18,7 @@ pub mod ingress;
 pub mod openapi;
 pub mod routes;
 pub mod state;
+pub mod transformers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(routes::webhooks::router())
+        .merge(routes::incoming::router())
         .merge(scripts)
         .merge(routes::stats::router())
         .merge(routes::health::router())

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{health, scripts, stats, webhooks};
+use crate::routes::{health, incoming, scripts, stats, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use crate::routes::{health, scripts, stats, webhooks};
         webhooks::enqueue,
         webhooks::enqueue_batch,
         webhooks::status,
+        incoming::incoming,
         scripts::put_script,
         scripts::get_script,
         scripts::delete_script,

@@ -10,6 +10,7 @@ use howk_topology::stage::status::StatusStores;
 
 use crate::config::ApiConfig;
 use crate::ingress::Ingress;
+use crate::transformers::Transformers;
 
 /// The topology running in this process, when there is one (`howk run`, `howk dev`); `howk api`
 /// alone has none, and answers status and stats with 503.
@@ -42,6 +43,8 @@ pub struct AppState {
     /// ingest stage will.
     pub max_record_bytes: usize,
     pub default_max_attempts: u32,
+    /// The transformers of `POST /incoming/:name`.
+    pub transformers: Arc<Transformers>,
 }
 
 /// The topics the API writes.

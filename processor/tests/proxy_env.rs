@@ -78,6 +78,7 @@ fn webhook(endpoint: &str) -> Webhook {
         retry_on_status: Vec::new(),
         delivery_query_params: Vec::new(),
         delivery_headers: Vec::new(),
+        previous_signing_secret: None,
     }
 }
 

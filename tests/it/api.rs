@@ -244,6 +244,16 @@ async fn every_documented_error_is_json_with_its_status() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A signing key that cannot sign is refused when enqueued, not at the first attempt.
+    let (status, body) = post(
+        &enqueue,
+        r#"{"endpoint": "http://e.com", "payload": 1, "signing_secret": "whsk_AAAA"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("32 or 64 bytes"), "{body}");
+    assert!(!error.contains("AAAA"), "the key is not echoed: {body}");
     let (status, body) = post(
         &enqueue,
         r#"{"endpoint": "http://e.com", "payload": 1, "require_script": true}"#,

@@ -20,4 +20,6 @@ mod rebalance;
 mod redis_smoke;
 mod script_cli;
 mod scripts_table;
+mod signing;
 mod topics;
+mod transformers;

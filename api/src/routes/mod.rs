@@ -1,6 +1,7 @@
 //! One file per resource, each with its `router()`; merged in [`crate::router`].
 
 pub mod health;
+pub mod incoming;
 pub mod scripts;
 pub mod stats;
 pub mod webhooks;

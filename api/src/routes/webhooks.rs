@@ -48,8 +48,15 @@ pub struct EnqueueRequest {
     headers: Option<BTreeMap<String, String>>,
     /// Repeats within `idempotency.ttl` get the same id and are delivered once.
     idempotency_key: Option<String>,
-    /// HMAC key; `whsec_…` also sends Standard Webhooks headers.
+    /// HMAC key; `whsec_…` also sends Standard Webhooks headers (v1); `whsk_…` (an ed25519
+    /// secret key) signs Standard Webhooks v1a instead.
     signing_secret: Option<String>,
+    /// A secret being rotated out: until `previous_signing_secret_expires_at` every attempt is
+    /// signed with both (current first).
+    previous_signing_secret: Option<String>,
+    /// RFC 3339; required with `previous_signing_secret`.
+    #[schema(format = DateTime)]
+    previous_signing_secret_expires_at: Option<String>,
     /// Total attempts, 1–100 (default `retry.max_attempts`).
     #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
@@ -95,7 +102,11 @@ pub struct BatchEnqueued {
 /// Turns one request body into the `howk.pending` record: config_id from the path, the id
 /// (derived from the idempotency key, given, or new), the latest known script hash; validated
 /// as the ingest stage will.
-fn prepare(state: &AppState, config_id: &str, body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
+pub(crate) fn prepare(
+    state: &AppState,
+    config_id: &str,
+    body: &[u8],
+) -> Result<(String, Vec<u8>), ApiError> {
     let mut fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body must be a JSON object: {e}")))?;
     let require_script = match fields.remove("require_script") {
@@ -172,7 +183,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, config_id: &str) -> Result<(
     })
 }
 
-fn pending_record(state: &AppState, config_id: &str, value: Vec<u8>) -> OutRecord {
+pub(crate) fn pending_record(state: &AppState, config_id: &str, value: Vec<u8>) -> OutRecord {
     OutRecord {
         topic: state.topics.pending.clone(),
         partition: None,

@@ -259,7 +259,8 @@ impl DeliveryClient {
             .body
             .clone()
             .unwrap_or_else(|| webhook.payload.clone());
-        let timestamp = chrono::Utc::now().timestamp();
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
         let mut headers = reqwest::header::HeaderMap::new();
         let mut set = |name: &str, value: &str| {
             if let (Ok(name), Ok(value)) = (
@@ -291,8 +292,10 @@ impl DeliveryClient {
         ) {
             set(&name, &value);
         }
-        if let Some(secret) = &webhook.signing_secret {
-            for (name, value) in signature_headers(secret, webhook.id.as_str(), timestamp, &body)? {
+        let secrets = webhook.signing_secrets(now.timestamp_millis());
+        if !secrets.is_empty() {
+            for (name, value) in signature_headers(&secrets, webhook.id.as_str(), timestamp, &body)?
+            {
                 set(name, &value);
             }
         }
@@ -430,6 +433,7 @@ mod tests {
             retry_on_status: Vec::new(),
             delivery_query_params: Vec::new(),
             delivery_headers: Vec::new(),
+            previous_signing_secret: None,
         }
     }
 

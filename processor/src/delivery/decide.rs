@@ -263,6 +263,7 @@ mod tests {
                 retry_on_status: Vec::new(),
                 delivery_query_params: Vec::new(),
                 delivery_headers: Vec::new(),
+                previous_signing_secret: None,
             },
             previous_error: None,
             due_at_ms: 0,

@@ -17,6 +17,7 @@
 //! Memory: the VM's allocator refuses allocations past the execution's allowance. After either
 //! limit trips, the VM is dropped and a new one is built for the next execution.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use super::modules::{self, LuaModule, ModuleContext};
 use super::output;
 use super::script::{Script, ScriptInput, TransformedRequest};
 use super::template::TemplateResolver;
+use super::transformer::{self, Post, PostContext, TransformerInput};
 
 /// Instructions between two deadline checks. A check reads the monotonic clock (~25 ns); at
 /// roughly 5 ns per instruction, 4096 instructions bound the overshoot to ~20 µs of Lua work
@@ -131,6 +133,27 @@ impl LuaEngine {
             input.metadata.config_id,
         );
         let result = vm.run(script, input, &settings);
+        self.settle(&result);
+        result
+    }
+
+    /// Runs the transformer `script` on one incoming request (SPEC §7): the webhooks it posted,
+    /// in order. Same VM, sandbox, modules and limits as `execute`.
+    pub fn transform(
+        &mut self,
+        script: &Script,
+        input: &TransformerInput,
+        allowed_domains: &[String],
+    ) -> Result<Vec<Post>, ScriptError> {
+        let settings = Arc::clone(&self.settings);
+        let vm = self.vm()?;
+        let deadline = Instant::now() + settings.timeout;
+        let ceiling = vm
+            .lua
+            .used_memory()
+            .saturating_add(settings.memory_limit_bytes);
+        vm.context.begin(deadline, ceiling, "", &input.name);
+        let result = vm.run_transformer(script, input, allowed_domains, &settings);
         self.settle(&result);
         result
     }
@@ -306,6 +329,76 @@ impl Vm {
             }
             output::OutputError::Lua(error) => self.classify(&error),
         })
+    }
+
+    fn run_transformer(
+        &mut self,
+        script: &Script,
+        input: &TransformerInput,
+        allowed_domains: &[String],
+        settings: &EngineSettings,
+    ) -> Result<Vec<Post>, ScriptError> {
+        let function = self.compiled(script)?;
+        let posts = Rc::new(RefCell::new(Vec::new()));
+        let context = PostContext {
+            name: input.name.clone(),
+            allowed_domains: allowed_domains.to_vec(),
+            markers: self.markers.clone(),
+            execution: Rc::clone(&self.context),
+            posts: Rc::clone(&posts),
+            budget: settings.memory_limit_bytes,
+        };
+        let env = self
+            .transformer_environment(script, input, context)
+            .map_err(|error| self.classify(&error))?;
+        let _ = self.lua.set_memory_limit(self.context.memory_ceiling());
+        let called = function.call::<()>(env);
+        let _ = self.lua.set_memory_limit(0);
+        called.map_err(|error| self.classify(&error))?;
+        Ok(posts.take())
+    }
+
+    /// A fresh environment with a transformer's globals: `incoming`, `headers`, `config` and
+    /// `howk`. Built with mlua calls: one per request, not per webhook.
+    fn transformer_environment(
+        &self,
+        script: &Script,
+        input: &TransformerInput,
+        context: PostContext,
+    ) -> mlua::Result<Table> {
+        let lua = &self.lua;
+        let env = lua.create_table()?;
+        env.set_metatable(Some(self.env_metatable.clone()))?;
+        env.raw_set("_G", &env)?;
+        env.raw_set("incoming", lua.create_string(&input.incoming)?)?;
+        // Names in lower case, looked up in any case: HOWK's scripts read
+        // `headers["Content-Type"]`, HTTP/2 and hyper give `content-type`.
+        let headers = lua.create_table()?;
+        for (name, value) in &input.headers {
+            headers.raw_set(name.to_ascii_lowercase(), value.as_str())?;
+        }
+        let any_case = lua.create_table()?;
+        any_case.raw_set(
+            "__index",
+            lua.create_function(|_, (table, key): (Table, Value)| match key {
+                Value::String(name) => {
+                    table.raw_get::<Value>(name.to_string_lossy().to_ascii_lowercase())
+                }
+                _ => Ok(Value::Nil),
+            })?,
+        )?;
+        any_case.raw_set("__metatable", false)?;
+        headers.set_metatable(Some(any_case))?;
+        env.raw_set("headers", headers)?;
+        let config = match script.config.as_deref() {
+            Some(value @ serde_json::Value::Object(_)) => {
+                convert::from_json_value(lua, &self.markers, value, &|_| None)?
+            }
+            _ => Value::Table(lua.create_table()?),
+        };
+        env.raw_set("config", config)?;
+        env.raw_set("howk", transformer::howk_table(lua, context)?)?;
+        Ok(env)
     }
 
     /// The compiled function of `script`, compiling it on first use.

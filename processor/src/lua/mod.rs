@@ -24,6 +24,7 @@
 //! - [`report`]: a test run's outcome, as the API and the CLI show it
 //! - [`pool`]: engine threads for async callers, with the watchdog for stuck library calls
 //! - [`config`]: the `lua` configuration section
+//! - [`transformer`]: incoming transformers (SPEC §7): their globals and `howk.post`
 //!
 //! Uninterruptible C calls. The hook only runs between Lua instructions, so a C library
 //! function that loops without allocating would escape both limits. The pattern functions are
@@ -44,6 +45,7 @@ pub mod pool;
 pub mod report;
 pub mod script;
 pub mod template;
+pub mod transformer;
 
 pub use config::{LuaConfig, ModuleSetupError};
 pub use engine::{EngineSettings, LuaEngine};

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::engine::{EngineSettings, LuaEngine};
 use super::error::{ScriptError, ScriptErrorKind};
 use super::script::{PreviousError, Script, ScriptInput, ScriptMetadata, TransformedRequest};
+use super::transformer::{Post, TransformerInput};
 
 /// How long past its deadline a stuck execution is waited for before it is abandoned. Long
 /// enough for module I/O to notice its own deadline; short next to the 500 ms default budget.
@@ -71,10 +72,23 @@ impl OwnedInput {
 
 type Outcome = Result<TransformedRequest, ScriptError>;
 
+/// What a job asks of an engine: a delivery script on a webhook, or a transformer on an
+/// incoming request (with its `allowed_domains`).
+enum Work {
+    Deliver(OwnedInput),
+    Transform(TransformerInput, Arc<Vec<String>>),
+}
+
+/// What an engine answers, by kind of work.
+enum Answer {
+    Delivered(Outcome),
+    Transformed(Result<Vec<Post>, ScriptError>),
+}
+
 struct Job {
     script: Script,
-    input: OwnedInput,
-    reply: oneshot::Sender<Outcome>,
+    work: Work,
+    reply: oneshot::Sender<Answer>,
     /// When a thread started it; the watchdog measures from here, not from submission.
     started: Arc<OnceLock<Instant>>,
     /// Set by the caller when it gave up waiting: the thread that ran it must retire.
@@ -148,6 +162,40 @@ impl EnginePool {
 
     /// Runs `script` on `input` on an engine thread.
     pub async fn execute(&self, script: Script, input: OwnedInput) -> Result<Outcome, PoolClosed> {
+        Ok(match self.run(script, Work::Deliver(input)).await? {
+            Ok(Answer::Delivered(outcome)) => outcome,
+            Ok(Answer::Transformed(_)) => unreachable!("a delivery job answers as one"),
+            Err(error) => Err(error),
+        })
+    }
+
+    /// Runs the transformer `script` on one incoming request on an engine thread: the webhooks
+    /// it posted.
+    pub async fn transform(
+        &self,
+        script: Script,
+        input: TransformerInput,
+        allowed_domains: Arc<Vec<String>>,
+    ) -> Result<Result<Vec<Post>, ScriptError>, PoolClosed> {
+        Ok(
+            match self
+                .run(script, Work::Transform(input, allowed_domains))
+                .await?
+            {
+                Ok(Answer::Transformed(outcome)) => outcome,
+                Ok(Answer::Delivered(_)) => unreachable!("a transformer job answers as one"),
+                Err(error) => Err(error),
+            },
+        )
+    }
+
+    /// Runs one job under the watchdog: its answer, or the error that replaced it (quarantine,
+    /// abandonment).
+    async fn run(
+        &self,
+        script: Script,
+        work: Work,
+    ) -> Result<Result<Answer, ScriptError>, PoolClosed> {
         if let Some(left) = self.shared.quarantined(&script.hash) {
             return Ok(Err(ScriptError::new(
                 ScriptErrorKind::Timeout,
@@ -164,7 +212,7 @@ impl EnginePool {
         let abandoned = Arc::new(AtomicBool::new(false));
         let job = Job {
             script,
-            input,
+            work,
             reply,
             started: Arc::clone(&started),
             abandoned: Arc::clone(&abandoned),
@@ -178,7 +226,7 @@ impl EnginePool {
                 None => limit,
             };
             match tokio::time::timeout(wait, &mut answer).await {
-                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Ok(answer)) => return Ok(Ok(answer)),
                 Ok(Err(_)) => return Err(PoolClosed),
                 Err(_) if started.get().is_some_and(|at| at.elapsed() >= limit) => {
                     abandoned.store(true, Ordering::Release);
@@ -230,7 +278,14 @@ impl Shared {
                         .blocking_recv();
                     let Some(job) = job else { return };
                     let _ = job.started.set(Instant::now());
-                    let outcome = engine.execute(&job.script, &job.input.as_input());
+                    let outcome = match &job.work {
+                        Work::Deliver(input) => {
+                            Answer::Delivered(engine.execute(&job.script, &input.as_input()))
+                        }
+                        Work::Transform(input, allowed_domains) => Answer::Transformed(
+                            engine.transform(&job.script, input, allowed_domains),
+                        ),
+                    };
                     if job.abandoned.load(Ordering::Acquire) {
                         // The caller gave up on this thread: whatever its engine holds is not
                         // reused. Serve again only if the pool is short of workers.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::webhook::Webhook;
 use crate::lua::PreviousError;
 
-/// The format written today.
-const VERSION: u8 = 1;
+/// The format written today: 2 added the webhook's `previous_signing_secret`.
+const VERSION: u8 = 2;
 
 /// A webhook on its way to (another) delivery attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,11 +57,80 @@ impl DeliveryRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, InternalCodecError> {
+        let corrupt = |error: postcard::Error| InternalCodecError::Corrupt(error.to_string());
         match bytes.split_first() {
             None => Err(InternalCodecError::Empty),
-            Some((&VERSION, rest)) => postcard::from_bytes(rest)
-                .map_err(|error| InternalCodecError::Corrupt(error.to_string())),
+            Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+            Some((1, rest)) => postcard::from_bytes::<v1::DeliveryRecord>(rest)
+                .map(Self::from)
+                .map_err(corrupt),
             Some((&version, _)) => Err(InternalCodecError::UnknownVersion(version)),
+        }
+    }
+}
+
+/// Format 1, read during an upgrade (retries and spilled webhooks written by an older howk):
+/// the same fields without the webhook's last one. Postcard encodes a struct as its fields in
+/// order, so these mirror types read those bytes.
+mod v1 {
+    use bytes::Bytes;
+    use serde::{Deserialize, Serialize};
+
+    use super::StoredPreviousError;
+    use crate::ids::{ConfigId, WebhookId};
+    use crate::record::Secret;
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Webhook {
+        pub id: WebhookId,
+        pub config_id: ConfigId,
+        pub endpoint: String,
+        pub payload: Bytes,
+        pub payload_is_binary: bool,
+        pub headers: Vec<(String, String)>,
+        pub idempotency_key: Option<String>,
+        pub signing_secret: Option<Secret>,
+        pub max_attempts: u32,
+        pub attempt: u32,
+        pub created_at_ms: i64,
+        pub script_hash: Option<String>,
+        pub retry_on_status: Vec<u16>,
+        pub delivery_query_params: Vec<(String, String)>,
+        pub delivery_headers: Vec<(String, String)>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct DeliveryRecord {
+        pub webhook: Webhook,
+        pub previous_error: Option<StoredPreviousError>,
+        pub due_at_ms: i64,
+    }
+}
+
+impl From<v1::DeliveryRecord> for DeliveryRecord {
+    fn from(old: v1::DeliveryRecord) -> Self {
+        let w = old.webhook;
+        Self {
+            webhook: Webhook {
+                id: w.id,
+                config_id: w.config_id,
+                endpoint: w.endpoint,
+                payload: w.payload,
+                payload_is_binary: w.payload_is_binary,
+                headers: w.headers,
+                idempotency_key: w.idempotency_key,
+                signing_secret: w.signing_secret,
+                max_attempts: w.max_attempts,
+                attempt: w.attempt,
+                created_at_ms: w.created_at_ms,
+                script_hash: w.script_hash,
+                retry_on_status: w.retry_on_status,
+                delivery_query_params: w.delivery_query_params,
+                delivery_headers: w.delivery_headers,
+                previous_signing_secret: None,
+            },
+            previous_error: old.previous_error,
+            due_at_ms: old.due_at_ms,
         }
     }
 }
@@ -92,6 +161,10 @@ mod tests {
                 retry_on_status: vec![401],
                 delivery_query_params: vec![("t".into(), "${T}".into())],
                 delivery_headers: vec![],
+                previous_signing_secret: Some(crate::record::PreviousSecret {
+                    secret: Secret::new("old"),
+                    expires_at_ms: 1_764_149_500_000,
+                }),
             },
             previous_error: Some(StoredPreviousError {
                 status_code: Some(503),
@@ -109,6 +182,38 @@ mod tests {
     }
 
     #[test]
+    fn format_1_records_still_decode() {
+        // What an older howk wrote: the webhook without its previous secret.
+        let mut record = record();
+        record.webhook.previous_signing_secret = None;
+        let w = record.webhook.clone();
+        let old = v1::DeliveryRecord {
+            webhook: v1::Webhook {
+                id: w.id,
+                config_id: w.config_id,
+                endpoint: w.endpoint,
+                payload: w.payload,
+                payload_is_binary: w.payload_is_binary,
+                headers: w.headers,
+                idempotency_key: w.idempotency_key,
+                signing_secret: w.signing_secret,
+                max_attempts: w.max_attempts,
+                attempt: w.attempt,
+                created_at_ms: w.created_at_ms,
+                script_hash: w.script_hash,
+                retry_on_status: w.retry_on_status,
+                delivery_query_params: w.delivery_query_params,
+                delivery_headers: w.delivery_headers,
+            },
+            previous_error: record.previous_error.clone(),
+            due_at_ms: record.due_at_ms,
+        };
+        let mut bytes = vec![1];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        assert_eq!(DeliveryRecord::decode(&bytes).unwrap(), record);
+    }
+
+    #[test]
     fn unknown_versions_and_garbage_are_errors() {
         let mut bytes = record().encode();
         bytes[0] = 9;
@@ -118,7 +223,7 @@ mod tests {
         );
         assert_eq!(DeliveryRecord::decode(&[]), Err(InternalCodecError::Empty));
         assert!(matches!(
-            DeliveryRecord::decode(&[1, 200]),
+            DeliveryRecord::decode(&[VERSION, 200]),
             Err(InternalCodecError::Corrupt(_))
         ));
     }

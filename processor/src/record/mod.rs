@@ -15,4 +15,4 @@ pub mod webhook;
 pub use internal::{DeliveryRecord, InternalCodecError};
 pub use outcome::{DeadLetter, DeliveryResult, Outcome, ReasonType};
 pub use script_config::{ScriptConfig, ScriptConfigError};
-pub use webhook::{InvalidRecord, PendingContext, Secret, Webhook};
+pub use webhook::{InvalidRecord, PendingContext, PreviousSecret, Secret, Webhook};

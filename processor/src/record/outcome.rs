@@ -218,6 +218,7 @@ pub fn redacted_raw_record(raw: &[u8]) -> serde_json::Value {
         serde_json::from_slice::<serde_json::Value>(raw)
     {
         object.remove("signing_secret");
+        object.remove("previous_signing_secret");
         if let Some(serde_json::Value::Object(headers)) = object.get_mut("headers") {
             for (name, value) in headers.iter_mut() {
                 if is_secret_header(name) {
@@ -264,6 +265,10 @@ mod tests {
             retry_on_status: vec![],
             delivery_query_params: vec![],
             delivery_headers: vec![("Authorization".into(), "Bearer ${TOKEN}".into())],
+            previous_signing_secret: Some(crate::record::PreviousSecret {
+                secret: Secret::new("whsec_old"),
+                expires_at_ms: 1,
+            }),
         }
     }
 
@@ -297,6 +302,7 @@ mod tests {
         let text = raw.get().to_owned();
         let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(!text.contains("whsec_x"), "{text}");
+        assert!(!text.contains("whsec_old"), "{text}");
         assert!(!text.contains("Bearer secret"), "{text}");
         assert_eq!(shown["headers"]["Authorization"], REDACTED);
         assert_eq!(shown["headers"]["X-Api-Key"], REDACTED);
@@ -312,8 +318,9 @@ mod tests {
     #[test]
     fn raw_records_are_redacted_or_kept_as_bytes() {
         let shown =
-            redacted_raw_record(br#"{"signing_secret":"s","headers":{"Cookie":"c"},"payload":1}"#);
+            redacted_raw_record(br#"{"signing_secret":"s","previous_signing_secret":"p","headers":{"Cookie":"c"},"payload":1}"#);
         assert!(shown["raw_json"].get("signing_secret").is_none());
+        assert!(shown["raw_json"].get("previous_signing_secret").is_none());
         assert_eq!(shown["raw_json"]["headers"]["Cookie"], REDACTED);
         assert_eq!(redacted_raw_record(b"not json")["raw"], "not json");
         assert_eq!(redacted_raw_record(&[0xff, 0x00])["raw_base64"], "/wA=");

@@ -68,9 +68,35 @@ pub struct Webhook {
     pub delivery_query_params: Vec<(String, String)>,
     /// `_delivery_headers`: unresolved `${VAR}` templates, resolved at send time only.
     pub delivery_headers: Vec<(String, String)>,
+    /// A secret being rotated out: attempts sign with it too until it expires. Last, so the
+    /// records of format 1 (without it) decode as a prefix.
+    pub previous_signing_secret: Option<PreviousSecret>,
+}
+
+/// The secret a webhook signed with before its current one, until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: Secret,
+    /// Milliseconds since the epoch: attempts from then on sign with the current secret only.
+    pub expires_at_ms: i64,
 }
 
 impl Webhook {
+    /// The secrets an attempt at `now_ms` signs with: the current one, then the previous one
+    /// while its rotation window lasts. Empty without a `signing_secret`.
+    pub fn signing_secrets(&self, now_ms: i64) -> Vec<&Secret> {
+        let Some(current) = &self.signing_secret else {
+            return Vec::new();
+        };
+        let mut secrets = vec![current];
+        if let Some(previous) = &self.previous_signing_secret
+            && now_ms < previous.expires_at_ms
+        {
+            secrets.push(&previous.secret);
+        }
+        secrets
+    }
+
     /// `created_at` as RFC 3339 (UTC, milliseconds).
     pub fn created_at_rfc3339(&self) -> String {
         DateTime::<Utc>::from_timestamp_millis(self.created_at_ms)
@@ -115,6 +141,8 @@ struct PendingJson<'a> {
     headers: Option<BTreeMap<String, String>>,
     idempotency_key: Option<String>,
     signing_secret: Option<String>,
+    previous_signing_secret: Option<String>,
+    previous_signing_secret_expires_at: Option<String>,
     max_attempts: Option<u32>,
     attempt: Option<u32>,
     created_at: Option<String>,
@@ -204,6 +232,15 @@ impl Webhook {
             },
             None => context.timestamp_ms,
         };
+        let signing_secret = json
+            .signing_secret
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        let previous_signing_secret = previous_secret(
+            signing_secret.as_ref(),
+            json.previous_signing_secret,
+            json.previous_signing_secret_expires_at,
+        )?;
         let retry_on_status = json.retry_on_status.unwrap_or_default();
         if let Some(status) = retry_on_status.iter().find(|s| !(100..=599).contains(*s)) {
             return invalid(format!("retry_on_status has {status}, not an HTTP status"));
@@ -217,10 +254,7 @@ impl Webhook {
             payload_is_binary,
             headers: json.headers.unwrap_or_default().into_iter().collect(),
             idempotency_key: json.idempotency_key,
-            signing_secret: json
-                .signing_secret
-                .filter(|s| !s.is_empty())
-                .map(Secret::new),
+            signing_secret,
             max_attempts,
             attempt: json.attempt.unwrap_or(0),
             created_at_ms,
@@ -236,8 +270,44 @@ impl Webhook {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            previous_signing_secret,
         })
     }
+}
+
+/// Checks the signing secrets of a webhook being accepted: each must be able to sign, and a
+/// previous secret needs a current one and an expiry.
+fn previous_secret(
+    current: Option<&Secret>,
+    previous: Option<String>,
+    expires_at: Option<String>,
+) -> Result<Option<PreviousSecret>, InvalidRecord> {
+    if let Some(current) = current {
+        crate::delivery::sign::check_secret(current)
+            .map_err(|error| InvalidRecord(error.to_string()))?;
+    }
+    let Some(previous) = previous.filter(|s| !s.is_empty()).map(Secret::new) else {
+        return Ok(None);
+    };
+    if current.is_none() {
+        return invalid("previous_signing_secret without a signing_secret");
+    }
+    crate::delivery::sign::check_secret(&previous)
+        .map_err(|error| InvalidRecord(format!("previous_signing_secret: {error}")))?;
+    let Some(text) = expires_at else {
+        return invalid("previous_signing_secret needs previous_signing_secret_expires_at");
+    };
+    let expires_at_ms = DateTime::parse_from_rfc3339(&text)
+        .map_err(|error| {
+            InvalidRecord(format!(
+                "previous_signing_secret_expires_at is not RFC 3339: {error}"
+            ))
+        })?
+        .timestamp_millis();
+    Ok(Some(PreviousSecret {
+        secret: previous,
+        expires_at_ms,
+    }))
 }
 
 #[cfg(test)]
@@ -353,6 +423,30 @@ mod tests {
                 r#"{"endpoint":"https://e.com","payload_base64":"!!"}"#,
                 "not base64",
             ),
+            (
+                r#"{"endpoint":"https://e.com","payload":1,"signing_secret":"whsec_!!"}"#,
+                "starts with whsec_ but the rest is not base64",
+            ),
+            (
+                r#"{"endpoint":"https://e.com","payload":1,"signing_secret":"whsk_AAAA"}"#,
+                "32 or 64 bytes",
+            ),
+            (
+                r#"{"endpoint":"https://e.com","payload":1,"previous_signing_secret":"p",
+                    "previous_signing_secret_expires_at":"2030-01-01T00:00:00Z"}"#,
+                "without a signing_secret",
+            ),
+            (
+                r#"{"endpoint":"https://e.com","payload":1,"signing_secret":"s",
+                    "previous_signing_secret":"p"}"#,
+                "needs previous_signing_secret_expires_at",
+            ),
+            (
+                r#"{"endpoint":"https://e.com","payload":1,"signing_secret":"s",
+                    "previous_signing_secret":"whsec_!!",
+                    "previous_signing_secret_expires_at":"2030-01-01T00:00:00Z"}"#,
+                "previous_signing_secret: signing_secret starts with whsec_",
+            ),
         ] {
             let error = decode(json).unwrap_err();
             assert!(error.0.contains(reason), "{json}: {error}");
@@ -367,6 +461,28 @@ mod tests {
         };
         let error = Webhook::decode_pending(big.as_bytes(), &small).unwrap_err();
         assert!(error.0.contains("exceeds the 1024 byte limit"), "{error}");
+    }
+
+    #[test]
+    fn a_previous_secret_signs_until_it_expires() {
+        let webhook = decode(
+            r#"{"endpoint":"https://e.com","payload":1,"signing_secret":"new",
+                "previous_signing_secret":"old",
+                "previous_signing_secret_expires_at":"2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let expiry = 1_893_456_000_000; // 2030-01-01
+        let exposed = |now| -> Vec<String> {
+            webhook
+                .signing_secrets(now)
+                .iter()
+                .map(|s| s.expose().to_owned())
+                .collect()
+        };
+        assert_eq!(exposed(expiry - 1), ["new", "old"]);
+        assert_eq!(exposed(expiry), ["new"]);
+        assert!(format!("{webhook:?}").contains("Secret(***)"));
+        assert!(!format!("{webhook:?}").contains("old"));
     }
 
     #[test]

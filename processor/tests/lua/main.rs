@@ -15,3 +15,4 @@ mod pool;
 mod sandbox;
 mod seed_examples;
 mod semantics;
+mod transformer;
