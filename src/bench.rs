@@ -140,6 +140,7 @@ pub async fn run(args: BenchArgs, mut config: HowkConfig) -> anyhow::Result<()> 
         ("retry", &mut topics.retry),
         ("results", &mut topics.results),
         ("deadletter", &mut topics.deadletter),
+        ("replays", &mut topics.replays),
     ] {
         *topic = format!("{prefix}.{name}");
     }

@@ -7,9 +7,11 @@
 //! - `howk dev [--dry] [--no-api]`: the same on the embedded log, in one process
 //! - `howk api`: the REST API alone
 //! - `howk bench [--count N]`: the end-to-end load benchmark
+//! - `howk replay deadletter|resume|status`: replay jobs (re-driving dead letters)
 
 mod bench;
 mod config;
+mod replay_cli;
 mod run;
 mod script_cli;
 
@@ -64,6 +66,11 @@ enum Command {
     /// End-to-end load benchmark: enqueue N webhooks with a header-transform script to a local
     /// receiver and report delivered/s and enqueue→delivered latency.
     Bench(bench::BenchArgs),
+    /// Replay jobs over the log: re-drive dead letters (on Kafka).
+    Replay {
+        #[command(subcommand)]
+        command: replay_cli::ReplayCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev { dry, no_api } => run::run(config, run::Mode::Dev { dry }, !no_api).await,
         Command::Api => run::api_only(config).await,
         Command::Bench(args) => bench::run(args, config).await,
+        Command::Replay { command } => replay_cli::run(command, &config).await,
     }
 }
 

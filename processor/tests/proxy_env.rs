@@ -79,6 +79,8 @@ fn webhook(endpoint: &str) -> Webhook {
         delivery_query_params: Vec::new(),
         delivery_headers: Vec::new(),
         previous_signing_secret: None,
+        origin: None,
+        replay_generation: 0,
     }
 }
 

@@ -18,6 +18,12 @@ use crate::delivery::{assert_happy_path, happy_path_workload};
 use crate::helpers::sink::{Reply, WebhookSink};
 use crate::helpers::wait_for;
 
+/// The in-process topologies of these tests share the process-wide metrics. The happy path
+/// checks that healthy endpoints leave no circuit cached (`howk_circuits_cached` is 0), so it
+/// runs alone (write); tests whose endpoints fail, and so cache a circuit while they run, share
+/// (read).
+static CIRCUITS_METRIC: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Every committed record of `topic`.
 fn read_all(log: &EmbeddedLog, topic: &str) -> Vec<serde_json::Value> {
     let mut reader = log.reader().unwrap();
@@ -106,6 +112,7 @@ fn loopback_client() -> DeliveryClient {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_happy_path_runs_on_the_embedded_log() {
+    let _alone = CIRCUITS_METRIC.write().await;
     let sink = WebhookSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (log, kafka) = open_log(dir.path(), 3);
@@ -147,7 +154,7 @@ async fn the_happy_path_runs_on_the_embedded_log() {
     assert_eq!(window.counters.delivered, 1000);
     assert_eq!(window.endpoints.len(), 5);
     // Healthy endpoints leave nothing behind in the deliver tasks' circuit caches (review M4);
-    // the other in-process test delivers only to a healthy endpoint too.
+    // tests whose endpoints fail wait while this one runs (CIRCUITS_METRIC).
     assert_eq!(howk_topology::metrics::metrics().circuits_cached.get(), 0);
     stop(running).await;
 }
@@ -383,6 +390,7 @@ async fn the_rate_limit_keeps_its_spacing_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ordered_delivery_is_strict_fifo_on_the_embedded_log() {
+    let _failing_endpoint = CIRCUITS_METRIC.read().await;
     let sink = WebhookSink::start().await;
     // The first webhook fails twice, then is delivered: 500, 500, 200.
     sink.plan(

@@ -18,6 +18,7 @@ mod lua_oauth;
 mod poison;
 mod rebalance;
 mod redis_smoke;
+mod replay;
 mod script_cli;
 mod scripts_table;
 mod signing;

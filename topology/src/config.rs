@@ -55,6 +55,8 @@ pub struct TopicNames {
     pub results: String,
     /// Terminal failures with a reason. Default `howk.deadletter`.
     pub deadletter: String,
+    /// Replay jobs' progress, compacted, keyed by job id. Default `howk.replays`.
+    pub replays: String,
     /// Prefix of store changelog topics: `<prefix><store>-changelog`. Default `howk-`.
     pub changelog_prefix: String,
 }
@@ -68,6 +70,7 @@ impl Default for TopicNames {
             retry: "howk.retry".to_owned(),
             results: "howk.results".to_owned(),
             deadletter: "howk.deadletter".to_owned(),
+            replays: "howk.replays".to_owned(),
             changelog_prefix: "howk-".to_owned(),
         }
     }

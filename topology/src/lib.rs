@@ -12,6 +12,7 @@
 //! - [`stream_thread`]: polls, dispatches to tasks, commits transactions, handles rebalances
 //! - [`metrics`]: the Prometheus registry the stages and the API report to
 //! - [`builder`]: which stage reads which topic; the restart loop
+//! - [`replay`]: replay jobs over the log (re-driving dead letters)
 //!
 //! Dependencies point one way: `api → topology → {processor, state}`.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod log;
 pub mod metrics;
 pub mod processor;
+pub mod replay;
 pub mod restore;
 pub mod scripts_table;
 pub mod stage;

@@ -53,6 +53,11 @@ pub fn catalogue(config: &KafkaConfig) -> Vec<TopicSpec> {
         webhook(&names.retry),
         webhook(&names.results),
         webhook(&names.deadletter),
+        TopicSpec {
+            name: names.replays.clone(),
+            partitions: 1,
+            compacted: true,
+        },
     ];
     topics.extend(CHANGELOG_STORES.iter().map(|store| TopicSpec {
         name: names.changelog(store),

@@ -434,6 +434,8 @@ mod tests {
             delivery_query_params: Vec::new(),
             delivery_headers: Vec::new(),
             previous_signing_secret: None,
+            origin: None,
+            replay_generation: 0,
         }
     }
 

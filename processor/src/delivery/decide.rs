@@ -80,6 +80,7 @@ pub fn dead_letter(
         response_body: None,
         attempts: webhook.attempt + 1,
         time: rfc3339(now_ms),
+        origin: webhook.origin.clone(),
     }
 }
 
@@ -264,6 +265,8 @@ mod tests {
                 delivery_query_params: Vec::new(),
                 delivery_headers: Vec::new(),
                 previous_signing_secret: None,
+                origin: None,
+                replay_generation: 0,
             },
             previous_error: None,
             due_at_ms: 0,

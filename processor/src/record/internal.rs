@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::webhook::Webhook;
 use crate::lua::PreviousError;
 
-/// The format written today: 2 added the webhook's `previous_signing_secret`.
+/// The format written today: 2 added the webhook's `previous_signing_secret`, `origin` and
+/// `replay_generation`.
 const VERSION: u8 = 2;
 
 /// A webhook on its way to (another) delivery attempt.
@@ -70,7 +71,7 @@ impl DeliveryRecord {
 }
 
 /// Format 1, read during an upgrade (retries and spilled webhooks written by an older howk):
-/// the same fields without the webhook's last one. Postcard encodes a struct as its fields in
+/// the same fields without the webhook's last three. Postcard encodes a struct as its fields in
 /// order, so these mirror types read those bytes.
 mod v1 {
     use bytes::Bytes;
@@ -128,6 +129,8 @@ impl From<v1::DeliveryRecord> for DeliveryRecord {
                 delivery_query_params: w.delivery_query_params,
                 delivery_headers: w.delivery_headers,
                 previous_signing_secret: None,
+                origin: None,
+                replay_generation: 0,
             },
             previous_error: old.previous_error,
             due_at_ms: old.due_at_ms,
@@ -165,6 +168,12 @@ mod tests {
                     secret: Secret::new("old"),
                     expires_at_ms: 1_764_149_500_000,
                 }),
+                origin: Some(crate::record::webhook::Origin {
+                    topic: "howk.pending".into(),
+                    partition: 2,
+                    offset: 77,
+                }),
+                replay_generation: 1,
             },
             previous_error: Some(StoredPreviousError {
                 status_code: Some(503),
@@ -186,6 +195,8 @@ mod tests {
         // What an older howk wrote: the webhook without its previous secret.
         let mut record = record();
         record.webhook.previous_signing_secret = None;
+        record.webhook.origin = None;
+        record.webhook.replay_generation = 0;
         let w = record.webhook.clone();
         let old = v1::DeliveryRecord {
             webhook: v1::Webhook {

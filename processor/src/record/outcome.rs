@@ -100,6 +100,10 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// RFC 3339.
     pub time: String,
+    /// The `howk.pending` record the webhook was accepted from (for an invalid record: the
+    /// record itself): what a re-drive reads again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<super::webhook::Origin>,
 }
 
 const REDACTED: &str = "[REDACTED]";
@@ -269,6 +273,8 @@ mod tests {
                 secret: Secret::new("whsec_old"),
                 expires_at_ms: 1,
             }),
+            origin: None,
+            replay_generation: 0,
         }
     }
 

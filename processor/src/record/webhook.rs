@@ -68,9 +68,22 @@ pub struct Webhook {
     pub delivery_query_params: Vec<(String, String)>,
     /// `_delivery_headers`: unresolved `${VAR}` templates, resolved at send time only.
     pub delivery_headers: Vec<(String, String)>,
-    /// A secret being rotated out: attempts sign with it too until it expires. Last, so the
-    /// records of format 1 (without it) decode as a prefix.
+    /// A secret being rotated out: attempts sign with it too until it expires.
     pub previous_signing_secret: Option<PreviousSecret>,
+    /// Where the webhook was accepted from: its `howk.pending` record, which a re-drive reads
+    /// again (exact bytes, secrets included). `None` for records written before format 2.
+    pub origin: Option<Origin>,
+    /// 0 for the original; a re-drive enqueues the same id with a higher generation, which the
+    /// idempotency store does not take for a repeat of the earlier ones.
+    pub replay_generation: u32,
+}
+
+/// A `howk.pending` record's place in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// The secret a webhook signed with before its current one, until `expires_at_ms`.
@@ -143,6 +156,7 @@ struct PendingJson<'a> {
     signing_secret: Option<String>,
     previous_signing_secret: Option<String>,
     previous_signing_secret_expires_at: Option<String>,
+    replay_generation: Option<u32>,
     max_attempts: Option<u32>,
     attempt: Option<u32>,
     created_at: Option<String>,
@@ -271,6 +285,12 @@ impl Webhook {
                 .into_iter()
                 .collect(),
             previous_signing_secret,
+            origin: Some(Origin {
+                topic: context.topic.to_owned(),
+                partition: context.partition,
+                offset: context.offset,
+            }),
+            replay_generation: json.replay_generation.unwrap_or(0),
         })
     }
 }

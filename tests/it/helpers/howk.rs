@@ -68,6 +68,7 @@ impl Howk {
             "retry",
             "results",
             "deadletter",
+            "replays",
         ] {
             env.push((
                 format!("HOWK_KAFKA_TOPICS_{}", topic.to_uppercase()),

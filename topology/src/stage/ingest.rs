@@ -79,7 +79,14 @@ impl IngestProcessor {
         let Some(key) = &webhook.idempotency_key else {
             return Ok(false);
         };
-        let store_key = key_of(webhook.config_id.as_str(), key);
+        // A re-drive (generation > 0) is not a repeat of the earlier generations.
+        let store_key = match webhook.replay_generation {
+            0 => key_of(webhook.config_id.as_str(), key),
+            generation => key_of(
+                webhook.config_id.as_str(),
+                &format!("{key}\0replay{generation}"),
+            ),
+        };
         if let Some(expiry) = self.store.get(&store_key)?
             && let Ok(bytes) = <[u8; 8]>::try_from(expiry.as_slice())
             && i64::from_be_bytes(bytes) > now_ms
@@ -127,7 +134,12 @@ impl Processor for IngestProcessor {
                 self.counters.invalid += 1;
                 let id = WebhookId::from_offset(&record.topic, record.partition, record.offset);
                 tracing::debug!(webhook_id = id.as_str(), reason = %invalid, "invalid record");
-                let letter = invalid_record_letter(&raw, invalid.0, ctx.now_ms);
+                let mut letter = invalid_record_letter(&raw, invalid.0, ctx.now_ms);
+                letter.origin = Some(howk_processor::record::webhook::Origin {
+                    topic: record.topic.to_string(),
+                    partition: record.partition,
+                    offset: record.offset,
+                });
                 send_dead_letter(ctx, &topics, id.as_str(), &letter);
                 return Ok(());
             }

@@ -155,6 +155,7 @@ pub(crate) fn invalid_record_letter(raw: &[u8], reason: String, now_ms: i64) -> 
         response_body: None,
         attempts: 0,
         time: howk_processor::delivery::decide::rfc3339(now_ms),
+        origin: None,
     }
 }
 

@@ -310,7 +310,13 @@ fn fold(
         status.next_retry_at = None;
     };
     match result.outcome {
-        Outcome::Accepted => bucket.enqueued = 1,
+        Outcome::Accepted => {
+            bucket.enqueued = 1;
+            // Accepted after its dead letter: a re-drive started it again.
+            if status.state == "exhausted" {
+                status.state = "pending".into();
+            }
+        }
         Outcome::Delivered => {
             attempt_made(&mut status);
             status.state = "delivered".into();

@@ -1,0 +1,261 @@
+//! Replay jobs on the real broker: dead letters re-driven after the receiver is fixed are
+//! delivered once each with the same id, a valid signature and byte-identical bodies; a job
+//! killed mid-way resumes without enqueueing anything twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use howk_processor::delivery::sign::verify_standard;
+
+use crate::helpers::howk::{Howk, Tail, count_outcome};
+use crate::helpers::sink::{Reply, WebhookSink};
+use crate::helpers::wait_for;
+
+/// A Standard Webhooks HMAC key: the re-driven webhooks must still be signed with it.
+fn secret() -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode([7u8; 24])
+    )
+}
+
+/// `count` webhooks of `config_id` to `path`, signed, with payloads whose exact bytes a
+/// re-encoder would change.
+fn signed_series(
+    sink: &WebhookSink,
+    config_id: &str,
+    path: &str,
+    count: usize,
+) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|n| {
+            let value = format!(
+                r#"{{"endpoint": "{}", "payload": {{"n": {n},  "price": 1.50, "big": 123456789012345678901234567890}}, "signing_secret": "{}"}}"#,
+                sink.url(path),
+                secret()
+            );
+            (config_id.to_owned(), value.into_bytes())
+        })
+        .collect()
+}
+
+/// The payload text of webhook `n` as enqueued.
+fn payload_text(n: usize) -> String {
+    format!(r#"{{"n": {n},  "price": 1.50, "big": 123456789012345678901234567890}}"#)
+}
+
+/// Waits for `count` dead letters.
+fn dead_letters(howk: &Howk, count: usize) -> Tail {
+    let mut letters = howk.tail("deadletter");
+    letters.until(
+        &format!("{count} dead letters"),
+        Duration::from_secs(60),
+        |records| records.len() >= count,
+    );
+    letters
+}
+
+/// Runs `howk replay ARGS` to its end; its stdout.
+async fn replay(howk: &Howk, args: &[&str]) -> String {
+    let mut command = howk.command(&[&["replay"], args].concat());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "howk replay {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Delivered requests to `path` by webhook id (the 200s after the fix).
+fn delivered_by_id(
+    sink: &WebhookSink,
+    path: &str,
+) -> HashMap<String, Vec<crate::helpers::sink::Received>> {
+    let mut by_id: HashMap<String, Vec<_>> = HashMap::new();
+    for received in sink.received(path) {
+        let id = received.header("x-webhook-id").unwrap().to_owned();
+        by_id.entry(id).or_default().push(received);
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_redriven_once_each_with_their_id_signature_and_bytes() {
+    let sink = WebhookSink::start().await;
+    // 400 is final: each webhook is dead-lettered at its first attempt.
+    sink.plan("fixme", std::iter::repeat_n(Reply::status(400), 20));
+    let mut howk = Howk::new(&[]).await;
+    howk.start_ready().await;
+    howk.enqueue(&signed_series(&sink, "redrive:a", "fixme", 20))
+        .await;
+    // Another tenant's dead letter, which the filter leaves alone.
+    sink.plan("other", [Reply::status(400)]);
+    howk.enqueue(&signed_series(&sink, "other:a", "other", 1))
+        .await;
+    let letters = dead_letters(&howk, 21);
+    assert!(
+        letters
+            .json()
+            .iter()
+            .all(|l| l["origin"]["offset"].is_i64()),
+        "letters carry their origin"
+    );
+    let original_ids: Vec<String> = sink
+        .received("fixme")
+        .iter()
+        .map(|r| r.header("x-webhook-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(original_ids.len(), 20);
+
+    // The receiver is fixed (its plan is used up: 200 from now on); re-drive one tenant.
+    let summary = replay(&howk, &["deadletter", "--config-id", "redrive:a"]).await;
+    assert!(summary.contains("state      Done"), "{summary}");
+    assert!(
+        summary.contains(&format!("matched    {:>10}", 20)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("enqueued   {:>10}", 20)),
+        "{summary}"
+    );
+
+    wait_for(
+        "20 re-driven deliveries",
+        Duration::from_secs(60),
+        || async { (sink.received("fixme").len() >= 40).then_some(()) },
+    )
+    .await;
+    let mut results = howk.tail("results");
+    results.until("20 delivered", Duration::from_secs(30), |records| {
+        count_outcome(records, "delivered") >= 20
+    });
+    let by_id = delivered_by_id(&sink, "fixme");
+    for id in &original_ids {
+        let requests = &by_id[id];
+        assert_eq!(
+            requests.len(),
+            2,
+            "{id}: the failed attempt and the re-drive"
+        );
+        let redriven = &requests[1];
+        assert_eq!(
+            redriven.header("x-webhook-attempt"),
+            Some("1"),
+            "attempts from the first"
+        );
+        let n: usize = serde_json::from_slice::<serde_json::Value>(&redriven.body).unwrap()["n"]
+            .as_u64()
+            .unwrap() as usize;
+        assert_eq!(
+            redriven.body,
+            payload_text(n).as_bytes(),
+            "byte-identical body"
+        );
+        verify_standard(
+            &secret(),
+            redriven.header("webhook-id").unwrap(),
+            redriven.header("webhook-timestamp").unwrap(),
+            &redriven.body,
+            redriven.header("webhook-signature").unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+    assert_eq!(
+        sink.received("other").len(),
+        1,
+        "the filter left the other tenant alone"
+    );
+    assert_eq!(count_outcome(&results.records, "delivered"), 20);
+    // The status follows the re-drive.
+    let url = howk.api(&format!("/webhooks/{}/status", original_ids[0]));
+    wait_for(
+        "the status to follow the re-drive",
+        Duration::from_secs(30),
+        || async {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let status: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (status["state"] == "delivered").then_some(())
+        },
+    )
+    .await;
+    howk.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replay_resumes_without_enqueueing_anything_twice() {
+    let sink = WebhookSink::start().await;
+    sink.plan("later", std::iter::repeat_n(Reply::status(400), 60));
+    let mut howk = Howk::new(&[]).await;
+    howk.start_ready().await;
+    howk.enqueue(&signed_series(&sink, "resume:a", "later", 60))
+        .await;
+    dead_letters(&howk, 60);
+
+    // Slow batches, so the kill lands mid-way.
+    let mut child = howk
+        .command(&["replay", "deadletter", "--batch", "10", "--max-rate", "20"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut replays = howk.tail("replays");
+    replays.until(
+        "two committed batches",
+        Duration::from_secs(60),
+        |records| {
+            records.iter().any(|(_, value)| {
+                serde_json::from_slice::<serde_json::Value>(value)
+                    .is_ok_and(|p| p["enqueued"].as_u64().unwrap_or(0) >= 20)
+            })
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let job_id = replays.records.last().unwrap().0.clone();
+    let progress: serde_json::Value =
+        serde_json::from_slice(&replays.records.last().unwrap().1).unwrap();
+    assert_eq!(progress["state"], "running", "killed mid-way: {progress}");
+    assert!(progress["enqueued"].as_u64().unwrap() < 60, "{progress}");
+
+    let summary = replay(&howk, &["resume", &job_id, "--max-rate", "0"]).await;
+    assert!(summary.contains("state      Done"), "{summary}");
+    assert!(
+        summary.contains(&format!("enqueued   {:>10}", 60)),
+        "{summary}"
+    );
+
+    // Each webhook was enqueued again exactly once (generation 1), and delivered once.
+    let mut pending = howk.tail("pending");
+    pending.until("60 re-driven records", Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .filter(|(_, v)| String::from_utf8_lossy(v).contains(r#""replay_generation":1"#))
+            .count()
+            >= 60
+    });
+    pending.poll(Duration::from_secs(1));
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for record in pending.json() {
+        if record["replay_generation"] == 1 {
+            *per_id
+                .entry(record["id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(per_id.len(), 60);
+    assert!(per_id.values().all(|&n| n == 1), "{per_id:?}");
+    wait_for(
+        "60 re-driven deliveries",
+        Duration::from_secs(60),
+        || async { (sink.received("later").len() >= 120).then_some(()) },
+    )
+    .await;
+    let by_id = delivered_by_id(&sink, "later");
+    assert_eq!(by_id.len(), 60);
+    assert!(by_id.values().all(|requests| requests.len() == 2));
+    howk.stop();
+}

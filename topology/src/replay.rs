@@ -1,0 +1,736 @@
+//! Replay jobs: re-driving dead letters, as a job over the log like everything else.
+//!
+//! A re-drive reads `howk.deadletter` up to the end offsets it saw when it started — so dead
+//! letters that its own re-drives cause are never picked up again — and keeps the letters its
+//! filter matches. For each, it reads the original `howk.pending` record the letter points to
+//! (`origin`: exact bytes, payload, headers and signing secret included) and enqueues it again:
+//! the same webhook id, attempts from the first, and the next replay generation, which the
+//! idempotency store does not take for a repeat of the earlier ones. An original gone from
+//! retention is reported and skipped, unless the job may fall back to the dead letter's own
+//! copy — redacted, so without its secret headers and signing secret: sent unsigned, and
+//! counted as such.
+//!
+//! Exactly once: each batch of re-driven records is produced in one transaction together with
+//! the job's progress on `howk.replays` (compacted, keyed by job id): the dead-letter positions
+//! scanned and the counters. A job killed mid-way resumes from its last committed progress and
+//! enqueues nothing twice. Jobs are paced (`max_rate` records/s) so live traffic keeps its share.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::KafkaConfig;
+use crate::log::{Log, LogError, OutRecord, ReadEvent, TopicPartition, TopicReader};
+
+/// Letters re-driven per transaction.
+pub const BATCH: usize = 500;
+
+/// How long one poll of a reader waits.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Most skipped items a job's progress names (the counters count them all).
+const SAMPLE: usize = 100;
+
+/// Which dead letters a re-drive takes. Empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedriveFilter {
+    /// Exact config_ids.
+    pub config_ids: Vec<String>,
+    /// Namespaces (the part of a config_id before its first `:`).
+    pub namespaces: Vec<String>,
+    /// `reason_type`s (`exhausted`, `non_retryable_status`, ...); empty: all but
+    /// `invalid_record`, which would only be refused again unless asked for by name.
+    pub reasons: Vec<String>,
+    /// Dead-lettered at or after this (RFC 3339).
+    pub since: Option<String>,
+    /// Dead-lettered before this (RFC 3339).
+    pub until: Option<String>,
+    pub webhook_ids: Vec<String>,
+}
+
+/// How a job ended, or that it has not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    #[default]
+    Running,
+    Done,
+    Cancelled,
+    Failed,
+}
+
+/// One item a job did not enqueue, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub webhook_id: String,
+    pub reason: String,
+}
+
+/// A job's progress: what `howk.replays` holds for it, what its API and CLI show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobProgress {
+    pub job_id: String,
+    pub kind: String,
+    pub state: JobState,
+    pub filter: RedriveFilter,
+    pub from_dead_letter_copy: bool,
+    /// Next dead-letter offset to read, per partition.
+    pub positions: BTreeMap<i32, i64>,
+    /// Where the job stops, per partition: the ends when it started.
+    pub ends: BTreeMap<i32, i64>,
+    pub scanned: u64,
+    pub matched: u64,
+    pub enqueued: u64,
+    /// Enqueued from the dead letter's copy, without their secrets: unsigned.
+    pub unsigned: u64,
+    pub skipped: u64,
+    pub skipped_sample: Vec<Skipped>,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+impl JobProgress {
+    /// Letters left to scan.
+    pub fn remaining(&self) -> u64 {
+        self.ends
+            .iter()
+            .map(|(p, end)| (end - self.positions.get(p).copied().unwrap_or(0)).max(0) as u64)
+            .sum()
+    }
+
+    /// Letters the job scans in all.
+    pub fn total(&self) -> u64 {
+        self.scanned + self.remaining()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("job {0} is {1:?}: nothing to resume")]
+    Finished(String, JobState),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a re-drive needs of the topology's configuration.
+#[derive(Debug, Clone)]
+pub struct RedriveSettings {
+    pub pending: Arc<str>,
+    pub deadletter: Arc<str>,
+    pub replays: Arc<str>,
+    /// Records per second at most; 0: unpaced.
+    pub max_rate: f64,
+    pub batch: usize,
+}
+
+impl RedriveSettings {
+    pub fn new(kafka: &KafkaConfig, max_rate: f64) -> Self {
+        Self {
+            pending: Arc::from(kafka.topics.pending.as_str()),
+            deadletter: Arc::from(kafka.topics.deadletter.as_str()),
+            replays: Arc::from(kafka.topics.replays.as_str()),
+            max_rate,
+            batch: BATCH,
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn millis(text: &Option<String>) -> Result<Option<i64>, ReplayError> {
+    text.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| ReplayError::Invalid(format!("{t:?} is not RFC 3339: {e}")))
+        })
+        .transpose()
+}
+
+/// The latest progress of `job_id` on the replays topic, if it has any.
+pub fn find_progress<L: Log>(
+    log: &L,
+    replays: &str,
+    job_id: &str,
+) -> Result<Option<JobProgress>, ReplayError> {
+    let mut found = None;
+    read_all(log, replays, |record| {
+        if record.key.as_deref() == Some(job_id.as_bytes()) {
+            found = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<JobProgress>(v).ok());
+        }
+        true
+    })?;
+    Ok(found)
+}
+
+/// Every job's latest progress on the replays topic.
+pub fn list_progress<L: Log>(log: &L, replays: &str) -> Result<Vec<JobProgress>, ReplayError> {
+    let mut jobs: BTreeMap<String, JobProgress> = BTreeMap::new();
+    read_all(log, replays, |record| {
+        if let Some(progress) = record
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<JobProgress>(v).ok())
+        {
+            jobs.insert(progress.job_id.clone(), progress);
+        }
+        true
+    })?;
+    Ok(jobs.into_values().collect())
+}
+
+/// Calls `each` on every committed record of `topic` up to its current end (all partitions),
+/// until it returns false.
+fn read_all<L: Log>(
+    log: &L,
+    topic: &str,
+    mut each: impl FnMut(&crate::log::Record) -> bool,
+) -> Result<(), ReplayError> {
+    let partitions = log.partitions(topic)?;
+    let mut reader = log.reader()?;
+    for partition in 0..partitions {
+        let tp = TopicPartition::new(topic, partition);
+        let end = reader.end_offset(&tp)?;
+        if end == 0 {
+            continue;
+        }
+        reader.assign(&[(tp.clone(), 0)])?;
+        let mut idle_since = Instant::now();
+        loop {
+            match reader.poll(POLL)? {
+                Some(ReadEvent::Record(record)) => {
+                    idle_since = Instant::now();
+                    let last = record.offset + 1 >= end;
+                    if !each(&record) {
+                        return Ok(());
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                Some(ReadEvent::EndOfPartition(_)) => break,
+                None if idle_since.elapsed() > Duration::from_secs(30) => {
+                    return Err(ReplayError::Invalid(format!(
+                        "{tp} stopped short of its end {end}"
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A dead letter as a re-drive reads it.
+#[derive(Deserialize)]
+struct Letter<'a> {
+    #[serde(borrow)]
+    webhook: &'a RawValue,
+    reason_type: String,
+    time: Option<String>,
+    origin: Option<howk_processor::record::webhook::Origin>,
+}
+
+/// The fields of the letter's webhook a filter looks at.
+#[derive(Deserialize)]
+struct LetterWebhook {
+    id: Option<String>,
+    config_id: Option<String>,
+}
+
+struct Filter {
+    spec: RedriveFilter,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+}
+
+impl Filter {
+    fn new(spec: RedriveFilter) -> Result<Self, ReplayError> {
+        Ok(Self {
+            since_ms: millis(&spec.since)?,
+            until_ms: millis(&spec.until)?,
+            spec,
+        })
+    }
+
+    fn matches(&self, letter: &Letter<'_>, webhook: &LetterWebhook) -> bool {
+        let spec = &self.spec;
+        let config_id = webhook.config_id.as_deref().unwrap_or_default();
+        let id = webhook.id.as_deref().unwrap_or_default();
+        let time_ms = letter
+            .time
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        (spec.config_ids.is_empty() || spec.config_ids.iter().any(|c| c == config_id))
+            && (spec.namespaces.is_empty()
+                || spec
+                    .namespaces
+                    .iter()
+                    .any(|n| n == howk_processor::ids::namespace(config_id)))
+            // An invalid record would only be refused again: taken when asked for by name.
+            && (if spec.reasons.is_empty() {
+                letter.reason_type != "invalid_record"
+            } else {
+                spec.reasons.contains(&letter.reason_type)
+            })
+            && (spec.webhook_ids.is_empty() || spec.webhook_ids.iter().any(|w| w == id))
+            && self.since_ms.is_none_or(|s| time_ms.is_some_and(|t| t >= s))
+            && self.until_ms.is_none_or(|u| time_ms.is_some_and(|t| t < u))
+    }
+}
+
+/// One matched letter on its way to being enqueued again.
+struct Item {
+    webhook_id: String,
+    config_id: String,
+    origin: Option<howk_processor::record::webhook::Origin>,
+    /// The letter's redacted webhook, for `from_dead_letter_copy`.
+    copy: Box<RawValue>,
+}
+
+/// Starts a re-drive (when `resume` is `None`) or resumes one; runs it to its end, calling
+/// `report` after each committed batch. `cancel` stops it between batches.
+pub fn redrive<L: Log>(
+    log: &L,
+    settings: &RedriveSettings,
+    start: JobProgress,
+    cancel: &AtomicBool,
+    mut report: impl FnMut(&JobProgress),
+) -> Result<JobProgress, ReplayError> {
+    let mut progress = start;
+    if progress.state != JobState::Running {
+        return Err(ReplayError::Finished(progress.job_id, progress.state));
+    }
+    let filter = Filter::new(progress.filter.clone())?;
+    if progress.ends.is_empty() {
+        // A new job: it covers what the dead-letter topic holds now.
+        let partitions = log.partitions(&settings.deadletter)?;
+        let mut reader = log.reader()?;
+        for partition in 0..partitions {
+            let tp = TopicPartition::new(&settings.deadletter, partition);
+            progress.ends.insert(partition, reader.end_offset(&tp)?);
+            progress.positions.insert(partition, 0);
+        }
+        progress.kind = "redrive".into();
+        progress.started_at = now_rfc3339();
+    }
+    let started = Instant::now();
+    let enqueued_at_start = progress.enqueued;
+    let mut letters = log.reader()?;
+    let assignment: Vec<(TopicPartition, i64)> = progress
+        .ends
+        .iter()
+        .filter(|(p, end)| progress.positions.get(p).copied().unwrap_or(0) < **end)
+        .map(|(p, _)| {
+            (
+                TopicPartition::new(&settings.deadletter, *p),
+                progress.positions.get(p).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    if !assignment.is_empty() {
+        letters.assign(&assignment)?;
+    }
+    let mut originals = log.reader()?;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            progress.state = JobState::Cancelled;
+            commit_batch(log, settings, &mut progress, Vec::new())?;
+            report(&progress);
+            return Ok(progress);
+        }
+        let batch = scan_batch(&mut letters, &filter, &mut progress, settings.batch)?;
+        let done = progress.remaining() == 0;
+        let records = enqueue_records(&mut originals, settings, &mut progress, batch)?;
+        if done {
+            progress.state = JobState::Done;
+        }
+        commit_batch(log, settings, &mut progress, records)?;
+        report(&progress);
+        if done {
+            return Ok(progress);
+        }
+        if settings.max_rate > 0.0 {
+            // Paced: the next batch waits until the job is back under its rate.
+            let sent = (progress.enqueued - enqueued_at_start) as f64;
+            let due = Duration::from_secs_f64(sent / settings.max_rate);
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
+    }
+}
+
+/// Reads letters until `batch` match or the job's ends are reached.
+fn scan_batch(
+    reader: &mut dyn TopicReader,
+    filter: &Filter,
+    progress: &mut JobProgress,
+    batch: usize,
+) -> Result<Vec<Item>, ReplayError> {
+    let mut items = Vec::new();
+    let mut idle_since = Instant::now();
+    while items.len() < batch && progress.remaining() > 0 {
+        let record = match reader.poll(POLL)? {
+            Some(ReadEvent::Record(record)) => record,
+            Some(ReadEvent::EndOfPartition(tp)) => {
+                // Everything before the job's end is committed, so the end of what a
+                // read_committed reader sees is past it: the offsets left are transaction
+                // markers and aborted records.
+                if let Some(end) = progress.ends.get(&tp.partition).copied() {
+                    progress.positions.insert(tp.partition, end);
+                }
+                idle_since = Instant::now();
+                continue;
+            }
+            None => {
+                if idle_since.elapsed() > Duration::from_secs(30) {
+                    return Err(ReplayError::Invalid(format!(
+                        "the dead-letter topic stopped short of the job's end ({} letters left)",
+                        progress.remaining()
+                    )));
+                }
+                continue;
+            }
+        };
+        idle_since = Instant::now();
+        let end = progress.ends.get(&record.partition).copied().unwrap_or(0);
+        if record.offset >= end {
+            // Past the job's end on this partition (written after it started).
+            progress.positions.insert(record.partition, end);
+            continue;
+        }
+        progress
+            .positions
+            .insert(record.partition, record.offset + 1);
+        progress.scanned += 1;
+        let Some(value) = record.value.as_deref() else {
+            continue;
+        };
+        let Ok(letter) = serde_json::from_slice::<Letter<'_>>(value) else {
+            continue;
+        };
+        let Ok(webhook) = serde_json::from_str::<LetterWebhook>(letter.webhook.get()) else {
+            continue;
+        };
+        if !filter.matches(&letter, &webhook) {
+            continue;
+        }
+        progress.matched += 1;
+        items.push(Item {
+            webhook_id: webhook
+                .id
+                .or_else(|| {
+                    record
+                        .key
+                        .as_deref()
+                        .map(|k| String::from_utf8_lossy(k).into())
+                })
+                .unwrap_or_default(),
+            config_id: webhook.config_id.unwrap_or_default(),
+            origin: letter.origin,
+            copy: letter.webhook.to_owned(),
+        });
+    }
+    Ok(items)
+}
+
+/// The pending records of `items`: each original read again (or the letter's copy), with its id
+/// kept, its attempts from the first and the next replay generation.
+fn enqueue_records(
+    reader: &mut dyn TopicReader,
+    settings: &RedriveSettings,
+    progress: &mut JobProgress,
+    items: Vec<Item>,
+) -> Result<Vec<OutRecord>, ReplayError> {
+    let wanted: Vec<(i32, i64)> = items
+        .iter()
+        .filter_map(|item| item.origin.as_ref())
+        .filter(|origin| origin.topic == *settings.pending)
+        .map(|origin| (origin.partition, origin.offset))
+        .collect();
+    let found = read_originals(reader, &settings.pending, wanted)?;
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        let original = item
+            .origin
+            .as_ref()
+            .filter(|origin| origin.topic == *settings.pending)
+            .and_then(|origin| found.get(&(origin.partition, origin.offset)));
+        let built = match original {
+            Some((key, value)) => {
+                redriven_value(value, &item.webhook_id).map(|value| (key.clone(), value, false))
+            }
+            None if progress.from_dead_letter_copy => copy_value(&item.copy)
+                .map(|value| (item.config_id.clone().into_bytes(), value, true)),
+            None => Err(match &item.origin {
+                None => "the dead letter names no original record (written before re-drives \
+                         existed)"
+                    .to_owned(),
+                Some(origin) => format!(
+                    "the original record {}[{}]@{} is gone from retention",
+                    origin.topic, origin.partition, origin.offset
+                ),
+            }),
+        };
+        match built {
+            Ok((key, value, unsigned)) => {
+                progress.enqueued += 1;
+                progress.unsigned += u64::from(unsigned);
+                records.push(OutRecord {
+                    topic: Arc::clone(&settings.pending),
+                    partition: None,
+                    key,
+                    value: Some(value),
+                });
+            }
+            Err(reason) => {
+                progress.skipped += 1;
+                if progress.skipped_sample.len() < SAMPLE {
+                    progress.skipped_sample.push(Skipped {
+                        webhook_id: item.webhook_id,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Key and value of original records, by (partition, offset).
+type Originals = HashMap<(i32, i64), (Vec<u8>, Vec<u8>)>;
+
+/// Reads the records at `wanted` (partition, offset) of `topic`: key and value of each still
+/// there. One forward pass per partition, seeking over long gaps.
+fn read_originals(
+    reader: &mut dyn TopicReader,
+    topic: &str,
+    mut wanted: Vec<(i32, i64)>,
+) -> Result<Originals, ReplayError> {
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut found = HashMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (partition, offset) in wanted {
+        by_partition.entry(partition).or_default().push(offset);
+    }
+    for (partition, offsets) in by_partition {
+        let tp = TopicPartition::new(topic, partition);
+        let end = reader.end_offset(&tp)?;
+        let mut position: Option<i64> = None;
+        for offset in offsets {
+            if offset >= end {
+                continue;
+            }
+            if position.is_none_or(|p| p > offset || offset - p > 1000) {
+                reader.assign(&[(tp.clone(), offset)])?;
+                position = Some(offset);
+            }
+            let mut idle_since = Instant::now();
+            loop {
+                match reader.poll(POLL)? {
+                    Some(ReadEvent::Record(record)) if record.partition == partition => {
+                        idle_since = Instant::now();
+                        position = Some(record.offset + 1);
+                        if record.offset == offset {
+                            found.insert(
+                                (partition, offset),
+                                (
+                                    record.key.as_deref().unwrap_or_default().to_vec(),
+                                    record.value.as_deref().unwrap_or_default().to_vec(),
+                                ),
+                            );
+                        }
+                        if record.offset >= offset {
+                            // Found, or gone (deleted by retention: the log starts later).
+                            break;
+                        }
+                    }
+                    Some(ReadEvent::EndOfPartition(_)) => break,
+                    Some(ReadEvent::Record(_)) => {}
+                    None if idle_since.elapsed() > Duration::from_secs(30) => {
+                        return Err(ReplayError::Invalid(format!(
+                            "{tp} did not deliver offset {offset} within 30 s"
+                        )));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The original pending value with its id fixed (a record without one had it derived from its
+/// offset, which the new record does not share), attempts from the first, and the next replay
+/// generation. Every other field — payload bytes, headers, signing secrets — as it was.
+fn redriven_value(original: &[u8], webhook_id: &str) -> Result<Vec<u8>, String> {
+    let mut fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(original)
+        .map_err(|e| format!("the original record is not a JSON object: {e}"))?;
+    let generation = fields
+        .get("replay_generation")
+        .and_then(|g| serde_json::from_str::<u32>(g.get()).ok())
+        .unwrap_or(0)
+        + 1;
+    let raw = |value: serde_json::Value| {
+        serde_json::value::to_raw_value(&value).expect("a JSON value serializes")
+    };
+    fields.insert("id".into(), raw(webhook_id.into()));
+    fields.insert("replay_generation".into(), raw(generation.into()));
+    fields.remove("attempt");
+    Ok(serde_json::to_vec(&fields).expect("raw fields serialize"))
+}
+
+/// A pending value from a dead letter's redacted copy: redacted headers dropped (their values
+/// are gone), no signing secret, attempts from the first.
+fn copy_value(copy: &RawValue) -> Result<Vec<u8>, String> {
+    let mut fields: BTreeMap<String, Box<RawValue>> = serde_json::from_str(copy.get())
+        .map_err(|e| format!("the dead letter's copy is not a JSON object: {e}"))?;
+    if !fields.contains_key("endpoint") {
+        return Err("the dead letter's copy has no endpoint (an invalid record)".into());
+    }
+    if let Some(headers) = fields.get("headers")
+        && let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(headers.get())
+    {
+        let kept: BTreeMap<String, String> = map
+            .into_iter()
+            .filter(|(_, value)| value != "[REDACTED]")
+            .collect();
+        fields.insert(
+            "headers".into(),
+            serde_json::value::to_raw_value(&kept).expect("headers serialize"),
+        );
+    }
+    fields.remove("attempt");
+    fields.insert(
+        "replay_generation".into(),
+        serde_json::value::to_raw_value(&1).expect("a number serializes"),
+    );
+    Ok(serde_json::to_vec(&fields).expect("raw fields serialize"))
+}
+
+/// Writes `records` and the job's progress in one transaction.
+fn commit_batch<L: Log>(
+    log: &L,
+    settings: &RedriveSettings,
+    progress: &mut JobProgress,
+    mut records: Vec<OutRecord>,
+) -> Result<(), ReplayError> {
+    progress.updated_at = now_rfc3339();
+    records.push(OutRecord {
+        topic: Arc::clone(&settings.replays),
+        partition: None,
+        key: progress.job_id.clone().into_bytes(),
+        value: Some(serde_json::to_vec(&progress).expect("progress serializes")),
+    });
+    log.produce(records)?;
+    Ok(())
+}
+
+/// A new re-drive job's starting progress.
+pub fn new_job(filter: RedriveFilter, from_dead_letter_copy: bool) -> JobProgress {
+    JobProgress {
+        job_id: format!("rj_{}", ulid::Ulid::new()),
+        kind: "redrive".into(),
+        filter,
+        from_dead_letter_copy,
+        ..JobProgress::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redriven_value_keeps_everything_but_id_attempt_and_generation() {
+        let original = br#"{"endpoint":"https://e.example/h","payload":{"b":1.50,"a":12345678901234567890},"signing_secret":"whsec_x","attempt":3}"#;
+        let value = redriven_value(original, "wh_1").unwrap();
+        let text = String::from_utf8(value.clone()).unwrap();
+        assert!(
+            text.contains(r#""payload":{"b":1.50,"a":12345678901234567890}"#),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(json["id"], "wh_1");
+        assert_eq!(json["replay_generation"], 1);
+        assert_eq!(json["signing_secret"], "whsec_x");
+        assert!(json.get("attempt").is_none());
+        let again = redriven_value(&value, "wh_1").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&again).unwrap();
+        assert_eq!(json["replay_generation"], 2);
+    }
+
+    #[test]
+    fn a_copy_drops_redacted_headers_and_has_no_secret() {
+        let copy = RawValue::from_string(
+            r#"{"payload":{"a":1},"id":"wh_1","config_id":"c","endpoint":"https://e.example/h","headers":{"Authorization":"[REDACTED]","X-Plain":"1"},"attempt":4}"#.into(),
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&copy_value(&copy).unwrap()).unwrap();
+        assert_eq!(json["headers"], serde_json::json!({"X-Plain": "1"}));
+        assert!(json.get("attempt").is_none());
+        assert!(json.get("signing_secret").is_none());
+        let invalid = RawValue::from_string(r#"{"raw_json":{}}"#.into()).unwrap();
+        assert!(copy_value(&invalid).is_err());
+    }
+
+    #[test]
+    fn filters_match_config_namespace_reason_time_and_ids() {
+        let letter = |reason: &str, time: &str| {
+            format!(
+                r#"{{"webhook":{{"id":"wh_1","config_id":"shop:eu"}},"reason_type":"{reason}","time":"{time}"}}"#
+            )
+        };
+        let check = |spec: RedriveFilter, text: &str| {
+            let filter = Filter::new(spec).unwrap();
+            let letter: Letter<'_> = serde_json::from_str(text).unwrap();
+            let webhook: LetterWebhook = serde_json::from_str(letter.webhook.get()).unwrap();
+            filter.matches(&letter, &webhook)
+        };
+        let text = letter("exhausted", "2026-12-01T10:00:00Z");
+        assert!(check(RedriveFilter::default(), &text));
+        let only = |f: fn(&mut RedriveFilter)| {
+            let mut spec = RedriveFilter::default();
+            f(&mut spec);
+            spec
+        };
+        assert!(check(only(|f| f.namespaces = vec!["shop".into()]), &text));
+        assert!(!check(only(|f| f.namespaces = vec!["music".into()]), &text));
+        assert!(check(
+            only(|f| f.config_ids = vec!["shop:eu".into()]),
+            &text
+        ));
+        assert!(!check(only(|f| f.config_ids = vec!["shop".into()]), &text));
+        assert!(check(only(|f| f.reasons = vec!["exhausted".into()]), &text));
+        assert!(!check(
+            only(|f| f.reasons = vec!["invalid_record".into()]),
+            &text
+        ));
+        assert!(check(
+            only(|f| f.since = Some("2026-12-01T00:00:00Z".into())),
+            &text
+        ));
+        assert!(!check(
+            only(|f| f.until = Some("2026-12-01T10:00:00Z".into())),
+            &text
+        ));
+        assert!(check(only(|f| f.webhook_ids = vec!["wh_1".into()]), &text));
+        assert!(!check(only(|f| f.webhook_ids = vec!["wh_2".into()]), &text));
+        assert!(Filter::new(only(|f| f.since = Some("yesterday".into()))).is_err());
+    }
+}
