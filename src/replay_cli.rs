@@ -30,6 +30,50 @@ pub enum ReplayCommand {
     },
     /// Show a job's progress, or every job's.
     Status { job_id: Option<String> },
+    /// Run a candidate script (not stored) beside each webhook's current script over the
+    /// webhooks of howk.pending, with no HTTP call: unchanged, changed or errored, per record
+    /// and in sum.
+    DryRun(DryRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DryRunArgs {
+    /// The candidate script's file.
+    #[arg(long)]
+    candidate: std::path::PathBuf,
+    /// The candidate's script_config as JSON (default: each current script's).
+    #[arg(long)]
+    candidate_config: Option<String>,
+    /// Only these config_ids (repeatable).
+    #[arg(long = "config-id")]
+    config_ids: Vec<String>,
+    /// Only these namespaces (repeatable).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Only this partition of howk.pending.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// From this offset (of each partition read).
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Up to this offset, excluded.
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Records produced at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records produced before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Most webhooks to run.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Write one JSON line per webhook here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +144,7 @@ pub async fn run(command: ReplayCommand, config: &HowkConfig) -> anyhow::Result<
             let job = found.with_context(|| format!("no replay job {job_id}"))?;
             drive(log, config, job, &pace).await
         }
+        ReplayCommand::DryRun(args) => dry_run(log, config, args).await,
         ReplayCommand::Status { job_id } => {
             let replays = config.kafka.topics.replays.clone();
             let jobs =
@@ -184,4 +229,137 @@ fn print_summary(job: &JobProgress) {
         println!("error      {error}");
     }
     println!();
+}
+
+fn rfc3339_ms(text: &Option<String>) -> anyhow::Result<Option<i64>> {
+    text.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .with_context(|| format!("{t:?} is not RFC 3339"))
+        })
+        .transpose()
+}
+
+/// `howk replay dry-run`: loads the scripts table, then compares on a blocking thread.
+async fn dry_run(log: Arc<KafkaLog>, config: &HowkConfig, args: DryRunArgs) -> anyhow::Result<()> {
+    use howk_topology::replay::dry_run::{DryRunSource, dry_run};
+    use std::io::Write as _;
+
+    let code = std::fs::read_to_string(&args.candidate)
+        .with_context(|| format!("cannot read {}", args.candidate.display()))?;
+    let candidate_config = args
+        .candidate_config
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .transpose()
+        .context("--candidate-config is not JSON")?;
+    let candidate = howk_processor::lua::Script::new(code, candidate_config);
+    let source = DryRunSource {
+        config_ids: args.config_ids,
+        namespaces: args.namespaces,
+        partition: args.partition,
+        from_offset: args.from_offset,
+        to_offset: args.to_offset,
+        since_ms: rfc3339_ms(&args.since)?,
+        until_ms: rfc3339_ms(&args.until)?,
+        limit: args.limit,
+    };
+    let scripts = howk_topology::scripts_table::ScriptsTable::in_memory();
+    let loader = howk_topology::scripts_table::spawn_loader(
+        Arc::clone(&log),
+        scripts.clone(),
+        howk_topology::scripts_table::LoaderConfig {
+            topic: Arc::from(config.kafka.topics.scripts.as_str()),
+            checkpoint: None,
+        },
+    )?;
+    let mut out = args
+        .out
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(std::io::BufWriter::new)
+                .with_context(|| format!("cannot write {}", path.display()))
+        })
+        .transpose()?;
+    let settings = config
+        .lua
+        .engine_settings(howk_processor::lua::template::process_env());
+    let pending = config.kafka.topics.pending.clone();
+    let max_record_bytes = config.processing.max_record_bytes;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {pos} webhooks ({per_sec}) {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let report = {
+        let (bar, scripts) = (bar.clone(), scripts.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            anyhow::ensure!(
+                scripts.wait_ready_blocking(std::time::Duration::from_secs(120)),
+                "the scripts table did not load within 2 minutes"
+            );
+            let mut engine = howk_processor::lua::LuaEngine::new(settings);
+            let mut write_error = None;
+            let report = dry_run(
+                &*log,
+                &pending,
+                &scripts,
+                &candidate,
+                &mut engine,
+                &source,
+                max_record_bytes,
+                |comparison, report| {
+                    bar.set_position(report.selected);
+                    bar.set_message(format!(
+                        "{} changed, {} errored",
+                        report.changed, report.errored
+                    ));
+                    if let Some(out) = out.as_mut() {
+                        let line = serde_json::to_string(comparison).expect("serializes");
+                        if let Err(error) = writeln!(out, "{line}") {
+                            write_error = Some(error);
+                            return false;
+                        }
+                    }
+                    true
+                },
+            )?;
+            if let Some(error) = write_error {
+                return Err(error).context("writing --out");
+            }
+            if let Some(mut out) = out {
+                out.flush().context("writing --out")?;
+            }
+            Ok(report)
+        })
+        .await??
+    };
+    scripts.stop();
+    let _ = tokio::task::spawn_blocking(move || loader.join()).await;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("scanned    {:>10}", report.scanned);
+    println!("selected   {:>10}", report.selected);
+    println!("unchanged  {:>10}", report.unchanged);
+    println!("changed    {:>10}", report.changed);
+    println!("errored    {:>10}", report.errored);
+    for (kind, count) in &report.error_types {
+        println!("  {kind:<40} {count:>10}");
+    }
+    println!(
+        "{:.1} s, {:.0} webhooks/s",
+        report.seconds,
+        report.selected as f64 / report.seconds.max(1e-9)
+    );
+    for sample in &report.samples {
+        println!("\n{}", serde_json::to_string_pretty(sample)?);
+    }
+    Ok(())
 }

@@ -259,3 +259,98 @@ async fn a_killed_replay_resumes_without_enqueueing_anything_twice() {
     assert!(by_id.values().all(|requests| requests.len() == 2));
     howk.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_reports_each_webhooks_diff_and_sends_nothing() {
+    let sink = WebhookSink::start().await;
+    let mut howk = Howk::new(&[]).await;
+    howk.start_ready().await;
+    howk.put_script("dry:a", r#"request.headers["X-V"] = "1""#)
+        .await;
+    let url = howk.api("/config/dry:a/script");
+    wait_for(
+        "the script in the table",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get(&url)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        },
+    )
+    .await;
+    let webhooks: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|n| {
+            let value = format!(
+                r#"{{"endpoint": "{}", "payload": {{"n": {n}}}}}"#,
+                sink.url("dry")
+            );
+            ("dry:a".to_owned(), value.into_bytes())
+        })
+        .chain(std::iter::once((
+            "other:a".to_owned(),
+            format!(
+                r#"{{"endpoint": "{}", "payload": {{"n": 99}}}}"#,
+                sink.url("dry-other")
+            )
+            .into_bytes(),
+        )))
+        .collect();
+    howk.enqueue(&webhooks).await;
+    wait_for("11 deliveries", Duration::from_secs(60), || async {
+        (sink.total() >= 11).then_some(())
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.lua");
+    std::fs::write(
+        &candidate,
+        r#"local body = json.decode(payload)
+           if body.n == 3 then error("n 3 is not for me") end
+           request.headers["X-V"] = "2"
+           if body.n == 5 then request.headers["X-V"] = "1" end"#,
+    )
+    .unwrap();
+    let out = dir.path().join("records.jsonl");
+    let summary = replay(
+        &howk,
+        &[
+            "dry-run",
+            "--candidate",
+            candidate.to_str().unwrap(),
+            "--config-id",
+            "dry:a",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(report["selected"], 10, "{report}");
+    assert_eq!(
+        report["unchanged"], 1,
+        "n 5 sets what the current script sets"
+    );
+    assert_eq!(report["changed"], 8);
+    assert_eq!(report["errored"], 1);
+    assert_eq!(report["error_types"]["candidate:script_runtime_error"], 1);
+    let sample = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["verdict"] == "changed")
+        .unwrap();
+    assert_eq!(
+        sample["headers_changed"][0],
+        serde_json::json!(["x-v", "1", "2"])
+    );
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.lines().count(), 10, "one line per webhook");
+    // Nothing was sent: the receiver still has the eleven original deliveries.
+    assert_eq!(sink.total(), 11);
+    howk.stop();
+}

@@ -1,4 +1,5 @@
-//! Replay jobs: re-driving dead letters, as a job over the log like everything else.
+//! Replay jobs: re-driving dead letters, as a job over the log like everything else; and
+//! [`dry_run`], a candidate script run beside the current one over recorded traffic.
 //!
 //! A re-drive reads `howk.deadletter` up to the end offsets it saw when it started — so dead
 //! letters that its own re-drives cause are never picked up again — and keeps the letters its
@@ -14,6 +15,8 @@
 //! the job's progress on `howk.replays` (compacted, keyed by job id): the dead-letter positions
 //! scanned and the counters. A job killed mid-way resumes from its last committed progress and
 //! enqueues nothing twice. Jobs are paced (`max_rate` records/s) so live traffic keeps its share.
+
+pub mod dry_run;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
