@@ -21,7 +21,8 @@ use howk_processor::lua::modules::kv::RedisConfig;
 use howk_processor::policy::circuit::CircuitBreakerConfig;
 use howk_processor::policy::retry::RetryConfig;
 use howk_topology::{
-    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, StatusConfig,
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ReplayConfig, ScriptsConfig,
+    StatusConfig,
 };
 
 /// Variables under these prefixes belong to something other than a configuration leaf: the test
@@ -59,6 +60,8 @@ pub struct HowkConfig {
     pub dlq: DlqConfig,
     /// Incoming transformers (`POST /incoming/:name`, SPEC §7).
     pub transformer: TransformerConfig,
+    /// Replay jobs.
+    pub replay: ReplayConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

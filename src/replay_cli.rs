@@ -78,9 +78,9 @@ pub struct DryRunArgs {
 
 #[derive(Debug, Args)]
 pub struct Pace {
-    /// Most webhooks enqueued per second (0: unpaced).
-    #[arg(long, default_value_t = 1000.0)]
-    max_rate: f64,
+    /// Most webhooks enqueued per second (0: unpaced); default `replay.max_rate`.
+    #[arg(long)]
+    max_rate: Option<f64>,
     /// Dead letters re-driven per transaction.
     #[arg(long, default_value_t = howk_topology::replay::BATCH)]
     batch: usize,
@@ -169,7 +169,11 @@ async fn drive(
     job: JobProgress,
     pace: &Pace,
 ) -> anyhow::Result<()> {
-    let mut settings = RedriveSettings::new(&config.kafka, pace.max_rate);
+    let max_rate = pace.max_rate.unwrap_or(config.replay.max_rate);
+    let mut settings = RedriveSettings::new(&config.kafka, max_rate);
+    let mut job = job;
+    job.max_rate = max_rate;
+    job.batch = settings.batch;
     settings.batch = pace.batch.max(1);
     let bar = indicatif::ProgressBar::new(job.total().max(1));
     bar.set_style(

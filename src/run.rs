@@ -88,11 +88,13 @@ async fn run_on<L: Log>(
     let handle = tokio::runtime::Handle::current();
     let topology = topology_config(config);
     let pool = engines.pool.clone();
+    let replay_log = Arc::clone(&log);
     let running =
         tokio::task::spawn_blocking(move || start(log, topology, engines, handle)).await??;
     let api = match ingress {
         Some(ingress) => {
-            let state = api_state(
+            let replays = replay_jobs(replay_log, config, running.scripts.clone()).await;
+            let mut state = api_state(
                 config,
                 ingress,
                 running.scripts.clone(),
@@ -102,6 +104,7 @@ async fn run_on<L: Log>(
                 }),
                 pool,
             );
+            state.replays = Some(Arc::new(replays));
             Some(spawn_api(config, state).await?)
         }
         None => None,
@@ -178,6 +181,32 @@ fn warn_open_env(config: &HowkConfig) {
     }
 }
 
+/// The replay jobs this process runs for the admin API; the re-drives it owned that were still
+/// running resume now.
+async fn replay_jobs<L: Log>(
+    log: Arc<L>,
+    config: &HowkConfig,
+    scripts: ScriptsTable,
+) -> Arc<howk_topology::replay::jobs::ReplayJobs<L>> {
+    let jobs = howk_topology::replay::jobs::ReplayJobs::new(
+        log,
+        config.kafka.clone(),
+        scripts,
+        config.lua.engine_settings(process_env()),
+        config.processing.max_record_bytes,
+        config.processing.instance_id.clone(),
+        config.replay.max_rate,
+    );
+    let resuming = Arc::clone(&jobs);
+    match tokio::task::spawn_blocking(move || resuming.resume_owned()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(resumed)) => tracing::info!(resumed, "replay jobs resumed"),
+        Ok(Err(error)) => tracing::error!(%error, "cannot read howk.replays to resume jobs"),
+        Err(error) => tracing::error!(%error, "resuming replay jobs panicked"),
+    }
+    jobs
+}
+
 fn api_state(
     config: &HowkConfig,
     ingress: Arc<dyn Ingress>,
@@ -201,6 +230,7 @@ fn api_state(
         max_record_bytes: config.processing.max_record_bytes,
         default_max_attempts: config.retry.max_attempts,
         transformers,
+        replays: None,
     }
 }
 

@@ -40,6 +40,7 @@ use crate::error::{ApiError, canonical};
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_request_size;
     let scripts = routes::scripts::router()
+        .merge(routes::replays::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(routes::webhooks::router())

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{health, incoming, scripts, stats, webhooks};
+use crate::routes::{health, incoming, replays, scripts, stats, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,9 @@ use crate::routes::{health, incoming, scripts, stats, webhooks};
         scripts::get_script,
         scripts::delete_script,
         scripts::test_script,
+        replays::start,
+        replays::status,
+        replays::cancel,
         stats::stats,
         health::health,
         health::ready,

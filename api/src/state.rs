@@ -45,6 +45,8 @@ pub struct AppState {
     pub default_max_attempts: u32,
     /// The transformers of `POST /incoming/:name`.
     pub transformers: Arc<Transformers>,
+    /// Replay jobs (`/admin/replays`); `None` where no processor runs (`howk api`).
+    pub replays: Option<Arc<dyn crate::routes::replays::ReplayService>>,
 }
 
 /// The topics the API writes.

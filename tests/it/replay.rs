@@ -354,3 +354,147 @@ async fn a_dry_run_reports_each_webhooks_diff_and_sends_nothing() {
     assert_eq!(sink.total(), 11);
     howk.stop();
 }
+
+const ADMIN: &str = "replay-admin";
+
+async fn admin(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(ADMIN);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls a job until its state is `state`; its last document.
+async fn job_until(howk: &Howk, job_id: &str, state: &str) -> serde_json::Value {
+    let url = howk.api(&format!("/admin/replays/{job_id}"));
+    wait_for(
+        &format!("job {job_id} {state}"),
+        Duration::from_secs(90),
+        || async {
+            let (status, job) = admin(reqwest::Method::GET, &url, None).await;
+            (status == reqwest::StatusCode::OK && job["state"] == state).then_some(job)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_replays_redrive_dry_run_and_survive_a_restart() {
+    let sink = WebhookSink::start().await;
+    sink.plan("rest", std::iter::repeat_n(Reply::status(400), 40));
+    let mut howk = Howk::new(&[("HOWK_API_ADMIN_TOKEN", ADMIN)]).await;
+    howk.start_ready().await;
+    howk.enqueue(&signed_series(&sink, "rest:a", "rest", 40))
+        .await;
+    dead_letters(&howk, 40);
+    let jobs = howk.api("/admin/replays");
+
+    // The admin token guards the routes.
+    let response = reqwest::Client::new()
+        .post(&jobs)
+        .header("content-type", "application/json")
+        .body(r#"{"kind": "redrive"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        &jobs,
+        Some(serde_json::json!({"kind": "redrive", "filter": {"since": "yesterday"}})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+
+    // A dry run over the 40 accepted webhooks: a candidate that adds a header changes each.
+    let (status, started) = admin(
+        reqwest::Method::POST,
+        &jobs,
+        Some(serde_json::json!({
+            "kind": "dry_run", "lua_code": "request.headers['X-New'] = '1'",
+            "source": {"config_ids": ["rest:a"]},
+        })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{started}");
+    let done = job_until(&howk, started["job_id"].as_str().unwrap(), "done").await;
+    assert_eq!(done["report"]["selected"], 40, "{done}");
+    assert_eq!(done["report"]["changed"], 40, "{done}");
+
+    // A slow re-drive, killed with its instance mid-way: the restarted instance resumes it.
+    let (status, started) = admin(
+        reqwest::Method::POST,
+        &jobs,
+        Some(serde_json::json!({
+            "kind": "redrive", "filter": {"config_ids": ["rest:a"]}, "max_rate": 10, "batch": 5,
+        })),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{started}");
+    let job_id = started["job_id"].as_str().unwrap().to_owned();
+    let url = howk.api(&format!("/admin/replays/{job_id}"));
+    let before_kill = wait_for(
+        "a first committed batch",
+        Duration::from_secs(60),
+        || async {
+            let (_, job) = admin(reqwest::Method::GET, &url, None).await;
+            (job["enqueued"].as_u64().unwrap_or(0) > 0).then_some(job)
+        },
+    )
+    .await;
+    howk.kill();
+    assert_eq!(
+        before_kill["state"], "running",
+        "killed mid-way: {before_kill}"
+    );
+    assert!(
+        before_kill["enqueued"].as_u64().unwrap() < 40,
+        "{before_kill}"
+    );
+    howk.start_ready().await;
+    let done = job_until(&howk, &job_id, "done").await;
+    assert_eq!(done["enqueued"], 40, "{done}");
+    let (status, _) = admin(reqwest::Method::DELETE, &url, None).await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::NOT_FOUND,
+        "a finished job is not running"
+    );
+
+    // Each webhook re-driven once: delivered once after the failed attempt.
+    wait_for(
+        "40 re-driven deliveries",
+        Duration::from_secs(60),
+        || async { (sink.received("rest").len() >= 80).then_some(()) },
+    )
+    .await;
+    let mut pending = howk.tail("pending");
+    pending.poll(Duration::from_secs(2));
+    let redriven = pending
+        .json()
+        .iter()
+        .filter(|r| r["replay_generation"] == 1)
+        .count();
+    assert_eq!(redriven, 40);
+    assert!(
+        delivered_by_id(&sink, "rest")
+            .values()
+            .all(|r| r.len() == 2)
+    );
+    howk.stop();
+}

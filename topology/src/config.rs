@@ -205,3 +205,18 @@ pub struct DlqConfig {
     /// receiver's error page may echo what it was sent. Default false.
     pub include_response_body: bool,
 }
+
+/// `replay.*`: replay jobs (`howk replay`, `/admin/replays`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Most webhooks a re-drive enqueues per second, so live traffic keeps its share; 0:
+    /// unpaced. Default 1000.
+    pub max_rate: f64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self { max_rate: 1000.0 }
+    }
+}

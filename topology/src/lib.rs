@@ -29,6 +29,6 @@ pub mod stream_thread;
 pub mod topics;
 
 pub use config::{
-    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ScriptsConfig, StatusConfig,
-    TopicNames,
+    DlqConfig, IdempotencyConfig, KafkaConfig, ProcessingConfig, ReplayConfig, ScriptsConfig,
+    StatusConfig, TopicNames,
 };

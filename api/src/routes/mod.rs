@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod incoming;
+pub mod replays;
 pub mod scripts;
 pub mod stats;
 pub mod webhooks;

@@ -17,6 +17,7 @@
 //! enqueues nothing twice. Jobs are paced (`max_rate` records/s) so live traffic keeps its share.
 
 pub mod dry_run;
+pub mod jobs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub struct Skipped {
 }
 
 /// A job's progress: what `howk.replays` holds for it, what its API and CLI show.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobProgress {
     pub job_id: String,
@@ -83,6 +84,13 @@ pub struct JobProgress {
     pub state: JobState,
     pub filter: RedriveFilter,
     pub from_dead_letter_copy: bool,
+    /// The instance running it (jobs started through the API resume there after a restart);
+    /// empty for the CLI's.
+    pub owner: String,
+    /// Webhooks per second at most (0: unpaced).
+    pub max_rate: f64,
+    /// Letters re-driven per transaction (0: [`BATCH`]).
+    pub batch: usize,
     /// Next dead-letter offset to read, per partition.
     pub positions: BTreeMap<i32, i64>,
     /// Where the job stops, per partition: the ends when it started.
@@ -174,6 +182,26 @@ pub fn find_progress<L: Log>(
                 .value
                 .as_deref()
                 .and_then(|v| serde_json::from_slice::<JobProgress>(v).ok());
+        }
+        true
+    })?;
+    Ok(found)
+}
+
+/// The latest document of `job_id` on the replays topic, as JSON (re-drive progress or a dry
+/// run's report).
+pub fn find_value<L: Log>(
+    log: &L,
+    replays: &str,
+    job_id: &str,
+) -> Result<Option<serde_json::Value>, ReplayError> {
+    let mut found = None;
+    read_all(log, replays, |record| {
+        if record.key.as_deref() == Some(job_id.as_bytes()) {
+            found = record
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice(v).ok());
         }
         true
     })?;
