@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// How long a slow endpoint takes to answer.
     #[arg(long, default_value = "2s", value_parser = humantime_serde::re::humantime::parse_duration)]
     slow: Duration,
+    /// Benchmark the replay jobs instead (on Kafka): a dry run over `--count` pending webhooks
+    /// and a re-drive of as many dead letters.
+    #[arg(long)]
+    replay: bool,
 }
 
 /// Which route endpoint `n` of `endpoints` is on: the first `unhealthy` share are unhealthy,
@@ -151,6 +155,21 @@ pub async fn run(args: BenchArgs, mut config: HowkConfig) -> anyhow::Result<()> 
     config.processing.data_dir = state.path().to_path_buf();
     config.delivery.allowed_cidrs.push("127.0.0.0/8".into());
 
+    if args.replay {
+        anyhow::ensure!(!args.embedded, "--replay runs on Kafka");
+        create_topics(&config.kafka)
+            .await
+            .context("creating the bench topics")?;
+        println!(
+            "howk bench --replay: {} webhooks, {} configs, on Kafka",
+            args.count, args.configs
+        );
+        let (count, configs) = (args.count, args.configs.max(1));
+        return tokio::task::spawn_blocking(move || {
+            crate::bench_replay::run(count, configs, &config)
+        })
+        .await?;
+    }
     let mode = if args.embedded {
         Mode::Dev { dry: false }
     } else {

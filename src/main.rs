@@ -10,6 +10,7 @@
 //! - `howk replay deadletter|resume|status`: replay jobs (re-driving dead letters)
 
 mod bench;
+mod bench_replay;
 mod config;
 mod replay_cli;
 mod run;
