@@ -77,34 +77,29 @@ pub fn run(count: usize, configs: usize, config: &HowkConfig) -> anyhow::Result<
     for partition in 0..log.partitions(&pending)? {
         let tp = TopicPartition::new(&pending, partition);
         reader.assign(&[(tp.clone(), 0)])?;
-        loop {
-            match reader.poll(Duration::from_secs(5))? {
-                Some(ReadEvent::Record(record)) => {
-                    let id = howk_processor::ids::WebhookId::from_offset(
-                        &record.topic,
-                        record.partition,
-                        record.offset,
-                    );
-                    let config_id =
-                        String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
-                    let letter = serde_json::json!({
-                        "webhook": {"id": id.as_str(), "config_id": config_id, "endpoint": "https://bench.invalid/e"},
-                        "reason_type": "non_retryable_status", "reason": "HTTP 400", "attempts": 1,
-                        "time": "2026-12-02T00:00:00Z",
-                        "origin": {"topic": &*pending, "partition": record.partition, "offset": record.offset},
-                    });
-                    letters.push(OutRecord {
-                        topic: Arc::clone(&deadletter),
-                        partition: None,
-                        key: id.as_str().as_bytes().to_vec(),
-                        value: Some(letter.to_string().into_bytes()),
-                    });
-                    if letters.len() == 2000 {
-                        written += letters.len();
-                        log.produce(std::mem::take(&mut letters))?;
-                    }
-                }
-                Some(ReadEvent::EndOfPartition(_)) | None => break,
+        // To the end of the partition (or 5 s without a record).
+        while let Some(ReadEvent::Record(record)) = reader.poll(Duration::from_secs(5))? {
+            let id = howk_processor::ids::WebhookId::from_offset(
+                &record.topic,
+                record.partition,
+                record.offset,
+            );
+            let config_id = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+            let letter = serde_json::json!({
+                "webhook": {"id": id.as_str(), "config_id": config_id, "endpoint": "https://bench.invalid/e"},
+                "reason_type": "non_retryable_status", "reason": "HTTP 400", "attempts": 1,
+                "time": "2026-12-02T00:00:00Z",
+                "origin": {"topic": &*pending, "partition": record.partition, "offset": record.offset},
+            });
+            letters.push(OutRecord {
+                topic: Arc::clone(&deadletter),
+                partition: None,
+                key: id.as_str().as_bytes().to_vec(),
+                value: Some(letter.to_string().into_bytes()),
+            });
+            if letters.len() == 2000 {
+                written += letters.len();
+                log.produce(std::mem::take(&mut letters))?;
             }
         }
     }
