@@ -157,6 +157,7 @@ pub fn run(count: usize, configs: usize, config: &HowkConfig) -> anyhow::Result<
         &*log,
         &settings,
         new_job(RedriveFilter::default(), false),
+        None,
         &AtomicBool::new(false),
         |_| {},
     )?;

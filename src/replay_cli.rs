@@ -22,6 +22,9 @@ pub enum ReplayCommand {
     /// Re-drive dead letters: each original webhook enqueued again with its id, its exact
     /// bytes and secrets, attempts from the first.
     Deadletter(DeadletterArgs),
+    /// Reprocess: enqueue webhooks of howk.pending again (a partition/offset range or a time
+    /// range), each with its id, exact bytes and secrets, attempts from the first.
+    Pending(PendingArgs),
     /// Resume a job that was stopped or killed, from its last committed batch.
     Resume {
         job_id: String,
@@ -111,6 +114,41 @@ pub struct DeadletterArgs {
     /// (without its secret headers and signing secret: unsigned).
     #[arg(long)]
     from_dead_letter_copy: bool,
+    /// The script each webhook runs: current, as-of (its config's version at its created_at),
+    /// or a version's hash.
+    #[arg(long, default_value = "current")]
+    script: String,
+    #[command(flatten)]
+    pace: Pace,
+}
+
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    /// Only these config_ids (repeatable).
+    #[arg(long = "config-id")]
+    config_ids: Vec<String>,
+    /// Only these namespaces (repeatable).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Only these partitions (repeatable).
+    #[arg(long = "partition")]
+    partitions: Vec<i32>,
+    /// From this offset of each partition read.
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Up to this offset, excluded.
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Records written at or after this time (RFC 3339; found with offsets-for-times).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records written before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// The script each webhook runs: current, as-of (its config's version at its created_at),
+    /// or a version's hash.
+    #[arg(long, default_value = "current")]
+    script: String,
     #[command(flatten)]
     pace: Pace,
 }
@@ -127,7 +165,25 @@ pub async fn run(command: ReplayCommand, config: &HowkConfig) -> anyhow::Result<
                 until: args.until,
                 webhook_ids: args.webhook_ids,
             };
-            let job = new_job(filter, args.from_dead_letter_copy);
+            let mut job = new_job(filter, args.from_dead_letter_copy);
+            job.script = args.script;
+            eprintln!(
+                "replay job {} (resume it with `howk replay resume {}`)",
+                job.job_id, job.job_id
+            );
+            drive(log, config, job, &args.pace).await
+        }
+        ReplayCommand::Pending(args) => {
+            let filter = howk_topology::replay::PendingFilter {
+                config_ids: args.config_ids,
+                namespaces: args.namespaces,
+                partitions: args.partitions,
+                from_offset: args.from_offset,
+                to_offset: args.to_offset,
+                since: args.since,
+                until: args.until,
+            };
+            let job = howk_topology::replay::new_reprocess(filter, args.script);
             eprintln!(
                 "replay job {} (resume it with `howk replay resume {}`)",
                 job.job_id, job.job_id
@@ -182,6 +238,28 @@ async fn drive(
         )
         .expect("a valid template"),
     );
+    howk_topology::replay::check_script_choice(&job.script)?;
+    // An as-of choice reads the versions the scripts had.
+    let scripts = if matches!(job.script.as_str(), "as-of" | "as_of") {
+        let table = howk_topology::scripts_table::ScriptsTable::in_memory();
+        howk_topology::scripts_table::spawn_loader(
+            Arc::clone(&log),
+            table.clone(),
+            howk_topology::scripts_table::LoaderConfig {
+                topic: Arc::from(config.kafka.topics.scripts.as_str()),
+                checkpoint: None,
+            },
+        )?;
+        let waiting = table.clone();
+        let ready = tokio::task::spawn_blocking(move || {
+            waiting.wait_ready_blocking(std::time::Duration::from_secs(120))
+        })
+        .await?;
+        anyhow::ensure!(ready, "the scripts table did not load within 2 minutes");
+        Some(table)
+    } else {
+        None
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = Arc::clone(&cancel);
@@ -194,14 +272,21 @@ async fn drive(
     let finished = {
         let bar = bar.clone();
         tokio::task::spawn_blocking(move || {
-            redrive(&*log, &settings, job, &cancel, |progress| {
-                bar.set_length(progress.total().max(1));
-                bar.set_position(progress.scanned);
-                bar.set_message(format!(
-                    "{} matched, {} enqueued, {} skipped",
-                    progress.matched, progress.enqueued, progress.skipped
-                ));
-            })
+            redrive(
+                &*log,
+                &settings,
+                job,
+                scripts.as_ref(),
+                &cancel,
+                |progress| {
+                    bar.set_length(progress.total().max(1));
+                    bar.set_position(progress.scanned);
+                    bar.set_message(format!(
+                        "{} matched, {} enqueued, {} skipped",
+                        progress.matched, progress.enqueued, progress.skipped
+                    ));
+                },
+            )
         })
         .await??
     };

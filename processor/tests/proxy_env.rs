@@ -81,6 +81,7 @@ fn webhook(endpoint: &str) -> Webhook {
         previous_signing_secret: None,
         origin: None,
         replay_generation: 0,
+        script_pin: None,
     }
 }
 

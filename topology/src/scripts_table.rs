@@ -232,6 +232,35 @@ impl ScriptsTable {
             .and_then(|bytes| ScriptConfig::decode(&bytes).ok()))
     }
 
+    /// The version `hash` of the script `config_id` runs (its own, else its namespace's), for
+    /// a webhook pinned to it (replays).
+    pub fn version(&self, config_id: &str, hash: &str) -> Result<Option<ScriptConfig>, StoreError> {
+        let versions = self.inner.versions.lock().expect("versions lock");
+        for id in [config_id, namespace(config_id)] {
+            for (_, value) in versions.0.versions(id.as_bytes())? {
+                if let Some(config) = value.and_then(|bytes| ScriptConfig::decode(&bytes).ok())
+                    && config.hash == hash
+                {
+                    return Ok(Some(config));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The script that ran for `config_id` at `time_ms` (its own then, else its namespace's):
+    /// what an `as-of` replay pins.
+    pub fn lookup_as_of(
+        &self,
+        config_id: &str,
+        time_ms: i64,
+    ) -> Result<Option<ScriptConfig>, StoreError> {
+        match self.as_of(config_id, time_ms)? {
+            Some(config) => Ok(Some(config)),
+            None => self.as_of(namespace(config_id), time_ms),
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.inner.ready.borrow()
     }

@@ -436,6 +436,7 @@ mod tests {
             previous_signing_secret: None,
             origin: None,
             replay_generation: 0,
+            script_pin: None,
         }
     }
 

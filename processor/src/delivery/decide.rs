@@ -267,6 +267,7 @@ mod tests {
                 previous_signing_secret: None,
                 origin: None,
                 replay_generation: 0,
+                script_pin: None,
             },
             previous_error: None,
             due_at_ms: 0,

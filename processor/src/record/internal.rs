@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::webhook::Webhook;
 use crate::lua::PreviousError;
 
-/// The format written today: 2 added the webhook's `previous_signing_secret`, `origin` and
-/// `replay_generation`.
+/// The format written today: 2 added the webhook's `previous_signing_secret`, `origin`,
+/// `replay_generation` and `script_pin`.
 const VERSION: u8 = 2;
 
 /// A webhook on its way to (another) delivery attempt.
@@ -71,7 +71,7 @@ impl DeliveryRecord {
 }
 
 /// Format 1, read during an upgrade (retries and spilled webhooks written by an older howk):
-/// the same fields without the webhook's last three. Postcard encodes a struct as its fields in
+/// the same fields without the webhook's last four. Postcard encodes a struct as its fields in
 /// order, so these mirror types read those bytes.
 mod v1 {
     use bytes::Bytes;
@@ -131,6 +131,7 @@ impl From<v1::DeliveryRecord> for DeliveryRecord {
                 previous_signing_secret: None,
                 origin: None,
                 replay_generation: 0,
+                script_pin: None,
             },
             previous_error: old.previous_error,
             due_at_ms: old.due_at_ms,
@@ -174,6 +175,7 @@ mod tests {
                     offset: 77,
                 }),
                 replay_generation: 1,
+                script_pin: None,
             },
             previous_error: Some(StoredPreviousError {
                 status_code: Some(503),
@@ -197,6 +199,7 @@ mod tests {
         record.webhook.previous_signing_secret = None;
         record.webhook.origin = None;
         record.webhook.replay_generation = 0;
+        record.webhook.script_pin = None;
         let w = record.webhook.clone();
         let old = v1::DeliveryRecord {
             webhook: v1::Webhook {

@@ -275,6 +275,7 @@ mod tests {
             }),
             origin: None,
             replay_generation: 0,
+            script_pin: None,
         }
     }
 

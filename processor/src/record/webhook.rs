@@ -76,6 +76,9 @@ pub struct Webhook {
     /// 0 for the original; a re-drive enqueues the same id with a higher generation, which the
     /// idempotency store does not take for a repeat of the earlier ones.
     pub replay_generation: u32,
+    /// A replay's script choice: run exactly this version (hash) of the config's script, or
+    /// no script (`"none"`), instead of the latest.
+    pub script_pin: Option<String>,
 }
 
 /// A `howk.pending` record's place in the log.
@@ -157,6 +160,7 @@ struct PendingJson<'a> {
     previous_signing_secret: Option<String>,
     previous_signing_secret_expires_at: Option<String>,
     replay_generation: Option<u32>,
+    script_pin: Option<String>,
     max_attempts: Option<u32>,
     attempt: Option<u32>,
     created_at: Option<String>,
@@ -291,6 +295,7 @@ impl Webhook {
                 offset: context.offset,
             }),
             replay_generation: json.replay_generation.unwrap_or(0),
+            script_pin: json.script_pin.filter(|pin| !pin.is_empty()),
         })
     }
 }

@@ -469,6 +469,25 @@ impl TopicReader for EmbeddedReader {
             .map(|p| p.records.len() as i64)
             .ok_or_else(|| LogError::UnknownTopic(partition.topic.to_string()))
     }
+
+    fn offset_for_time(
+        &mut self,
+        partition: &TopicPartition,
+        time_ms: i64,
+    ) -> Result<i64, LogError> {
+        let state = self.log.shared.state.lock().expect("log state lock");
+        let records = &state
+            .topics
+            .get(&*partition.topic)
+            .and_then(|t| t.partitions.get(partition.partition as usize))
+            .ok_or_else(|| LogError::UnknownTopic(partition.topic.to_string()))?
+            .records;
+        // Record times follow append order here (they are stamped when written).
+        Ok(records
+            .iter()
+            .position(|entry| entry.as_ref().is_some_and(|(_, _, at)| *at >= time_ms))
+            .unwrap_or(records.len()) as i64)
+    }
 }
 
 /// The one member of a group on the embedded log.

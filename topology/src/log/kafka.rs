@@ -761,4 +761,31 @@ impl TopicReader for KafkaReader {
             .map_err(kafka("fetching watermarks"))?;
         Ok(high)
     }
+
+    fn offset_for_time(
+        &mut self,
+        partition: &TopicPartition,
+        time_ms: i64,
+    ) -> Result<i64, LogError> {
+        let mut query = TopicPartitionList::new();
+        query
+            .add_partition_offset(
+                &partition.topic,
+                partition.partition,
+                Offset::Offset(time_ms),
+            )
+            .map_err(kafka("building an offsets-for-times query"))?;
+        let found = self
+            .consumer
+            .offsets_for_times(query, Duration::from_secs(10))
+            .map_err(kafka("looking up offsets for times"))?;
+        match found
+            .find_partition(&partition.topic, partition.partition)
+            .map(|element| element.offset())
+        {
+            Some(Offset::Offset(offset)) => Ok(offset),
+            // No record at or after that time: the end.
+            _ => self.end_offset(partition),
+        }
+    }
 }

@@ -210,6 +210,14 @@ pub trait TopicReader: Send {
     /// The offset after the last committed record of `partition` (its end for read_committed
     /// readers, when no transaction is open on it).
     fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError>;
+
+    /// The first offset of `partition` whose record time is at or after `time_ms`; its end
+    /// offset when there is none (replays of a time range).
+    fn offset_for_time(
+        &mut self,
+        partition: &TopicPartition,
+        time_ms: i64,
+    ) -> Result<i64, LogError>;
 }
 
 /// A [`ReaderFactory`] that lends readers from a pool instead of making one per call: a task's
@@ -254,6 +262,14 @@ impl TopicReader for LentReader {
 
     fn end_offset(&mut self, partition: &TopicPartition) -> Result<i64, LogError> {
         self.inner().end_offset(partition)
+    }
+
+    fn offset_for_time(
+        &mut self,
+        partition: &TopicPartition,
+        time_ms: i64,
+    ) -> Result<i64, LogError> {
+        self.inner().offset_for_time(partition, time_ms)
     }
 }
 

@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use super::dry_run::{DryRunReport, DryRunSource, dry_run};
 use super::{
-    JobProgress, JobState, RedriveFilter, RedriveSettings, ReplayError, find_value, list_progress,
-    new_job, redrive,
+    JobProgress, JobState, PendingFilter, RedriveFilter, RedriveSettings, ReplayError, find_value,
+    list_progress, new_job, new_reprocess, redrive,
 };
 use crate::config::KafkaConfig;
 use crate::log::{Log, OutRecord};
@@ -37,6 +37,17 @@ pub enum JobRequest {
         /// Webhooks per second; default `replay.max_rate`.
         max_rate: Option<f64>,
         /// Letters per transaction; default 500.
+        batch: Option<usize>,
+        /// `current` (default), `as-of`, or a version's hash.
+        #[serde(default)]
+        script: String,
+    },
+    Reprocess {
+        #[serde(default)]
+        filter: PendingFilter,
+        #[serde(default)]
+        script: String,
+        max_rate: Option<f64>,
         batch: Option<usize>,
     },
     DryRun {
@@ -115,16 +126,36 @@ impl<L: Log> ReplayJobs<L> {
     /// Starts a job: its id.
     pub fn start(self: &Arc<Self>, request: JobRequest) -> Result<String, ReplayError> {
         match request {
+            JobRequest::Reprocess {
+                filter,
+                script,
+                max_rate,
+                batch,
+            } => {
+                rfc3339_ms(&filter.since)?;
+                rfc3339_ms(&filter.until)?;
+                super::check_script_choice(&script)?;
+                let mut job = new_reprocess(filter, script);
+                job.owner = self.instance_id.clone();
+                job.max_rate = max_rate.unwrap_or(self.default_max_rate);
+                job.batch = batch.unwrap_or(super::BATCH).max(1);
+                let id = job.job_id.clone();
+                self.spawn_redrive(job);
+                Ok(id)
+            }
             JobRequest::Redrive {
                 filter,
                 from_dead_letter_copy,
                 max_rate,
                 batch,
+                script,
             } => {
                 // Checked now, so a bad time is a 400, not a failed job.
                 rfc3339_ms(&filter.since)?;
                 rfc3339_ms(&filter.until)?;
+                super::check_script_choice(&script)?;
                 let mut job = new_job(filter, from_dead_letter_copy);
+                job.script = script;
                 job.owner = self.instance_id.clone();
                 job.max_rate = max_rate.unwrap_or(self.default_max_rate);
                 job.batch = batch.unwrap_or(super::BATCH).max(1);
@@ -188,7 +219,7 @@ impl<L: Log> ReplayJobs<L> {
             if job.owner != self.instance_id || job.state != JobState::Running {
                 continue;
             }
-            if job.kind == "redrive" {
+            if job.kind == "redrive" || job.kind == "reprocess" {
                 tracing::info!(
                     job_id = job.job_id,
                     "resuming a re-drive this instance owned"
@@ -242,10 +273,17 @@ impl<L: Log> ReplayJobs<L> {
                     settings.batch = job.batch;
                 }
                 let status = Arc::clone(&running.status);
-                let outcome = redrive(&*jobs.log, &settings, job.clone(), &running.cancel, |p| {
-                    *status.lock().expect("status lock") =
-                        serde_json::to_value(p).expect("progress serializes");
-                });
+                let outcome = redrive(
+                    &*jobs.log,
+                    &settings,
+                    job.clone(),
+                    Some(&jobs.scripts),
+                    &running.cancel,
+                    |p| {
+                        *status.lock().expect("status lock") =
+                            serde_json::to_value(p).expect("progress serializes");
+                    },
+                );
                 if let Err(error) = outcome {
                     tracing::error!(job_id = job.job_id, %error, "re-drive failed");
                     // The last committed batch stands; the job is marked failed (resumable by

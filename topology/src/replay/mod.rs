@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use howk_processor::record::{PendingContext, Webhook};
+
 use crate::config::KafkaConfig;
 use crate::log::{Log, LogError, OutRecord, ReadEvent, TopicPartition, TopicReader};
+use crate::scripts_table::ScriptsTable;
 
 /// Letters re-driven per transaction.
 pub const BATCH: usize = 500;
@@ -57,6 +60,35 @@ pub struct RedriveFilter {
     pub webhook_ids: Vec<String>,
 }
 
+/// What a job reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `howk.deadletter`, filtered by [`RedriveFilter`]: re-drive.
+    #[default]
+    Deadletter,
+    /// `howk.pending`, selected by [`PendingFilter`]: reprocess.
+    Pending,
+}
+
+/// Which `howk.pending` records a reprocess takes. Empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PendingFilter {
+    pub config_ids: Vec<String>,
+    pub namespaces: Vec<String>,
+    /// Only these partitions (all when empty).
+    pub partitions: Vec<i32>,
+    /// From this offset of each partition read.
+    pub from_offset: Option<i64>,
+    /// Up to this offset, excluded.
+    pub to_offset: Option<i64>,
+    /// Records written at or after this time (RFC 3339), found with offsets-for-times.
+    pub since: Option<String>,
+    /// Records written before this time (RFC 3339).
+    pub until: Option<String>,
+}
+
 /// How a job ended, or that it has not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,7 +114,14 @@ pub struct JobProgress {
     pub job_id: String,
     pub kind: String,
     pub state: JobState,
+    pub source: Source,
+    /// The dead letters a re-drive takes.
     pub filter: RedriveFilter,
+    /// The pending records a reprocess takes.
+    pub pending_filter: PendingFilter,
+    /// The script each webhook runs: `current` (or empty: the latest, as any webhook),
+    /// `as-of` (the version its config had at its `created_at`), or a version's hash.
+    pub script: String,
     pub from_dead_letter_copy: bool,
     /// The instance running it (jobs started through the API resume there after a restart);
     /// empty for the CLI's.
@@ -130,6 +169,8 @@ pub enum ReplayError {
     Finished(String, JobState),
     #[error("{0}")]
     Invalid(String),
+    #[error("the scripts table: {0}")]
+    Scripts(#[from] howk_state::store::StoreError),
 }
 
 /// What a re-drive needs of the topology's configuration.
@@ -331,15 +372,20 @@ struct Item {
     config_id: String,
     origin: Option<howk_processor::record::webhook::Origin>,
     /// The letter's redacted webhook, for `from_dead_letter_copy`.
-    copy: Box<RawValue>,
+    copy: Option<Box<RawValue>>,
+    /// The original, when the job read it already (a reprocess).
+    original: Option<Original>,
 }
 
 /// Starts a re-drive (when `resume` is `None`) or resumes one; runs it to its end, calling
 /// `report` after each committed batch. `cancel` stops it between batches.
+///
+/// `scripts` is needed by an `as-of` script choice (the versions a webhook's config had).
 pub fn redrive<L: Log>(
     log: &L,
     settings: &RedriveSettings,
     start: JobProgress,
+    scripts: Option<&ScriptsTable>,
     cancel: &AtomicBool,
     mut report: impl FnMut(&JobProgress),
 ) -> Result<JobProgress, ReplayError> {
@@ -348,16 +394,43 @@ pub fn redrive<L: Log>(
         return Err(ReplayError::Finished(progress.job_id, progress.state));
     }
     let filter = Filter::new(progress.filter.clone())?;
+    let choice = ScriptPin::parse(&progress.script, scripts)?;
+    let source_topic = match progress.source {
+        Source::Deadletter => Arc::clone(&settings.deadletter),
+        Source::Pending => Arc::clone(&settings.pending),
+    };
     if progress.ends.is_empty() {
-        // A new job: it covers what the dead-letter topic holds now.
-        let partitions = log.partitions(&settings.deadletter)?;
+        // A new job: it covers what the topic holds now (a reprocess: the range it selects).
         let mut reader = log.reader()?;
-        for partition in 0..partitions {
-            let tp = TopicPartition::new(&settings.deadletter, partition);
-            progress.ends.insert(partition, reader.end_offset(&tp)?);
-            progress.positions.insert(partition, 0);
+        let selected = &progress.pending_filter;
+        let (since, until) = (millis(&selected.since)?, millis(&selected.until)?);
+        for partition in 0..log.partitions(&source_topic)? {
+            let tp = TopicPartition::new(&source_topic, partition);
+            let mut end = reader.end_offset(&tp)?;
+            let mut from = 0;
+            if progress.source == Source::Pending {
+                if !selected.partitions.is_empty() && !selected.partitions.contains(&partition) {
+                    continue;
+                }
+                from = selected.from_offset.unwrap_or(0);
+                if let Some(since) = since {
+                    from = from.max(reader.offset_for_time(&tp, since)?);
+                }
+                if let Some(until) = until {
+                    end = end.min(reader.offset_for_time(&tp, until)?);
+                }
+                if let Some(to) = selected.to_offset {
+                    end = end.min(to);
+                }
+            }
+            progress.ends.insert(partition, end.max(from));
+            progress.positions.insert(partition, from);
         }
-        progress.kind = "redrive".into();
+        progress.kind = match progress.source {
+            Source::Deadletter => "redrive",
+            Source::Pending => "reprocess",
+        }
+        .into();
         progress.started_at = now_rfc3339();
     }
     let started = Instant::now();
@@ -369,7 +442,7 @@ pub fn redrive<L: Log>(
         .filter(|(p, end)| progress.positions.get(p).copied().unwrap_or(0) < **end)
         .map(|(p, _)| {
             (
-                TopicPartition::new(&settings.deadletter, *p),
+                TopicPartition::new(&source_topic, *p),
                 progress.positions.get(p).copied().unwrap_or(0),
             )
         })
@@ -385,9 +458,19 @@ pub fn redrive<L: Log>(
             report(&progress);
             return Ok(progress);
         }
-        let batch = scan_batch(&mut letters, &filter, &mut progress, settings.batch)?;
+        let batch = match progress.source {
+            Source::Deadletter => scan_batch(&mut letters, &filter, &mut progress, settings.batch)?,
+            Source::Pending => scan_pending(&mut letters, &mut progress, settings.batch)?,
+        };
         let done = progress.remaining() == 0;
-        let records = enqueue_records(&mut originals, settings, &mut progress, batch)?;
+        let records = enqueue_records(
+            &mut originals,
+            settings,
+            &mut progress,
+            batch,
+            &choice,
+            scripts,
+        )?;
         if done {
             progress.state = JobState::Done;
         }
@@ -473,7 +556,8 @@ fn scan_batch(
                 .unwrap_or_default(),
             config_id: webhook.config_id.unwrap_or_default(),
             origin: letter.origin,
-            copy: letter.webhook.to_owned(),
+            copy: Some(letter.webhook.to_owned()),
+            original: None,
         });
     }
     Ok(items)
@@ -486,9 +570,12 @@ fn enqueue_records(
     settings: &RedriveSettings,
     progress: &mut JobProgress,
     items: Vec<Item>,
+    choice: &ScriptPin,
+    scripts: Option<&ScriptsTable>,
 ) -> Result<Vec<OutRecord>, ReplayError> {
     let wanted: Vec<(i32, i64)> = items
         .iter()
+        .filter(|item| item.original.is_none())
         .filter_map(|item| item.origin.as_ref())
         .filter(|origin| origin.topic == *settings.pending)
         .map(|origin| (origin.partition, origin.offset))
@@ -496,16 +583,22 @@ fn enqueue_records(
     let found = read_originals(reader, &settings.pending, wanted)?;
     let mut records = Vec::with_capacity(items.len());
     for item in items {
-        let original = item
-            .origin
-            .as_ref()
-            .filter(|origin| origin.topic == *settings.pending)
-            .and_then(|origin| found.get(&(origin.partition, origin.offset)));
+        let original = item.original.as_ref().or_else(|| {
+            item.origin
+                .as_ref()
+                .filter(|origin| origin.topic == *settings.pending)
+                .and_then(|origin| found.get(&(origin.partition, origin.offset)))
+        });
         let built = match original {
-            Some((key, value)) => {
-                redriven_value(value, &item.webhook_id).map(|value| (key.clone(), value, false))
-            }
-            None if progress.from_dead_letter_copy => copy_value(&item.copy)
+            Some((key, value, timestamp_ms)) => choice
+                .pin_for(value, key, *timestamp_ms, scripts)
+                .and_then(|pin| redriven_value(value, &item.webhook_id, pin.as_deref()))
+                .map(|value| (key.clone(), value, false)),
+            None if progress.from_dead_letter_copy && item.copy.is_some() => item
+                .copy
+                .as_deref()
+                .map(copy_value)
+                .expect("checked above")
                 .map(|value| (item.config_id.clone().into_bytes(), value, true)),
             None => Err(match &item.origin {
                 None => "the dead letter names no original record (written before re-drives \
@@ -542,8 +635,11 @@ fn enqueue_records(
     Ok(records)
 }
 
-/// Key and value of original records, by (partition, offset).
-type Originals = HashMap<(i32, i64), (Vec<u8>, Vec<u8>)>;
+/// An original pending record: key, value, and its time (a webhook's default `created_at`).
+type Original = (Vec<u8>, Vec<u8>, i64);
+
+/// Original records, by (partition, offset).
+type Originals = HashMap<(i32, i64), Original>;
 
 /// Reads the records at `wanted` (partition, offset) of `topic`: key and value of each still
 /// there. One forward pass per partition, seeking over long gaps.
@@ -583,6 +679,7 @@ fn read_originals(
                                 (
                                     record.key.as_deref().unwrap_or_default().to_vec(),
                                     record.value.as_deref().unwrap_or_default().to_vec(),
+                                    record.timestamp_ms,
                                 ),
                             );
                         }
@@ -609,7 +706,7 @@ fn read_originals(
 /// The original pending value with its id fixed (a record without one had it derived from its
 /// offset, which the new record does not share), attempts from the first, and the next replay
 /// generation. Every other field — payload bytes, headers, signing secrets — as it was.
-fn redriven_value(original: &[u8], webhook_id: &str) -> Result<Vec<u8>, String> {
+fn redriven_value(original: &[u8], webhook_id: &str, pin: Option<&str>) -> Result<Vec<u8>, String> {
     let mut fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(original)
         .map_err(|e| format!("the original record is not a JSON object: {e}"))?;
     let generation = fields
@@ -623,6 +720,11 @@ fn redriven_value(original: &[u8], webhook_id: &str) -> Result<Vec<u8>, String> 
     fields.insert("id".into(), raw(webhook_id.into()));
     fields.insert("replay_generation".into(), raw(generation.into()));
     fields.remove("attempt");
+    match pin {
+        Some(pin) => fields.insert("script_pin".into(), raw(pin.into())),
+        // The latest script: an earlier replay's pin does not carry over.
+        None => fields.remove("script_pin"),
+    };
     Ok(serde_json::to_vec(&fields).expect("raw fields serialize"))
 }
 
@@ -654,6 +756,166 @@ fn copy_value(copy: &RawValue) -> Result<Vec<u8>, String> {
     Ok(serde_json::to_vec(&fields).expect("raw fields serialize"))
 }
 
+/// Checks a job's script choice (`current`, `as-of` or a version's hash) before it starts.
+pub fn check_script_choice(text: &str) -> Result<(), ReplayError> {
+    match text {
+        "as-of" | "as_of" => Ok(()),
+        other => ScriptPin::parse(other, None).map(drop),
+    }
+}
+
+/// A job's script choice, resolved per webhook.
+enum ScriptPin {
+    /// The latest script, as any webhook.
+    Current,
+    /// The version its config had at its `created_at`.
+    AsOf,
+    /// This version (hash).
+    Version(String),
+}
+
+impl ScriptPin {
+    fn parse(text: &str, scripts: Option<&ScriptsTable>) -> Result<Self, ReplayError> {
+        Ok(match text {
+            "" | "current" => Self::Current,
+            "as-of" | "as_of" => {
+                if scripts.is_none() {
+                    return Err(ReplayError::Invalid(
+                        "an as-of script choice needs the scripts table".into(),
+                    ));
+                }
+                Self::AsOf
+            }
+            hash if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Self::Version(hash.to_ascii_lowercase())
+            }
+            other => {
+                return Err(ReplayError::Invalid(format!(
+                    "script must be current, as-of or a version's SHA-256 hash, got {other:?}"
+                )));
+            }
+        })
+    }
+
+    /// The `script_pin` of one re-enqueued webhook (`None`: no pin).
+    fn pin_for(
+        &self,
+        value: &[u8],
+        key: &[u8],
+        timestamp_ms: i64,
+        scripts: Option<&ScriptsTable>,
+    ) -> Result<Option<String>, String> {
+        match self {
+            Self::Current => Ok(None),
+            Self::Version(hash) => Ok(Some(hash.clone())),
+            Self::AsOf => {
+                let webhook = Webhook::decode_pending(
+                    value,
+                    &PendingContext {
+                        key: Some(key),
+                        timestamp_ms,
+                        topic: "",
+                        partition: 0,
+                        offset: 0,
+                        max_record_bytes: usize::MAX,
+                        default_max_attempts: 1,
+                    },
+                )
+                .map_err(|invalid| format!("the original is not a valid webhook: {invalid}"))?;
+                let table = scripts.expect("checked when the job started");
+                let config = table
+                    .lookup_as_of(webhook.config_id.as_str(), webhook.created_at_ms)
+                    .map_err(|error| format!("the scripts table: {error}"))?;
+                // No script then: none now either.
+                Ok(Some(config.map_or_else(|| "none".to_owned(), |c| c.hash)))
+            }
+        }
+    }
+}
+
+/// Reads pending records until `batch` are selected or the job's ends are reached. The
+/// records themselves are the originals.
+fn scan_pending(
+    reader: &mut dyn TopicReader,
+    progress: &mut JobProgress,
+    batch: usize,
+) -> Result<Vec<Item>, ReplayError> {
+    let selected = progress.pending_filter.clone();
+    let mut items = Vec::new();
+    let mut idle_since = Instant::now();
+    while items.len() < batch && progress.remaining() > 0 {
+        let record = match reader.poll(POLL)? {
+            Some(ReadEvent::Record(record)) => record,
+            Some(ReadEvent::EndOfPartition(tp)) => {
+                if let Some(end) = progress.ends.get(&tp.partition).copied() {
+                    progress.positions.insert(tp.partition, end);
+                }
+                idle_since = Instant::now();
+                continue;
+            }
+            None => {
+                if idle_since.elapsed() > Duration::from_secs(30) {
+                    return Err(ReplayError::Invalid(format!(
+                        "the pending topic stopped short of the job's end ({} records left)",
+                        progress.remaining()
+                    )));
+                }
+                continue;
+            }
+        };
+        idle_since = Instant::now();
+        let end = progress.ends.get(&record.partition).copied().unwrap_or(0);
+        if record.offset >= end {
+            progress.positions.insert(record.partition, end);
+            continue;
+        }
+        progress
+            .positions
+            .insert(record.partition, record.offset + 1);
+        progress.scanned += 1;
+        let Some(value) = record.value.as_deref() else {
+            continue;
+        };
+        let context = PendingContext {
+            key: record.key.as_deref(),
+            timestamp_ms: record.timestamp_ms,
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            max_record_bytes: usize::MAX,
+            default_max_attempts: 1,
+        };
+        // An invalid record would only be refused again.
+        let Ok(webhook) = Webhook::decode_pending(value, &context) else {
+            continue;
+        };
+        let config_id = webhook.config_id.as_str();
+        let takes = (selected.config_ids.is_empty()
+            || selected.config_ids.iter().any(|c| c == config_id))
+            && (selected.namespaces.is_empty()
+                || selected
+                    .namespaces
+                    .iter()
+                    .any(|n| n == howk_processor::ids::namespace(config_id)));
+        if !takes {
+            continue;
+        }
+        progress.matched += 1;
+        items.push(Item {
+            webhook_id: webhook.id.as_str().to_owned(),
+            config_id: config_id.to_owned(),
+            origin: webhook.origin.clone(),
+            copy: None,
+            original: Some((
+                record.key.as_deref().unwrap_or_default().to_vec(),
+                value.to_vec(),
+                record.timestamp_ms,
+            )),
+        });
+    }
+    Ok(items)
+}
+
 /// Writes `records` and the job's progress in one transaction.
 fn commit_batch<L: Log>(
     log: &L,
@@ -670,6 +932,19 @@ fn commit_batch<L: Log>(
     });
     log.produce(records)?;
     Ok(())
+}
+
+/// A new reprocess job's starting progress: the pending records `filter` selects, enqueued
+/// again with the next replay generation.
+pub fn new_reprocess(filter: PendingFilter, script: String) -> JobProgress {
+    JobProgress {
+        job_id: format!("rj_{}", ulid::Ulid::new()),
+        kind: "reprocess".into(),
+        source: Source::Pending,
+        pending_filter: filter,
+        script,
+        ..JobProgress::default()
+    }
 }
 
 /// A new re-drive job's starting progress.
@@ -690,7 +965,7 @@ mod tests {
     #[test]
     fn a_redriven_value_keeps_everything_but_id_attempt_and_generation() {
         let original = br#"{"endpoint":"https://e.example/h","payload":{"b":1.50,"a":12345678901234567890},"signing_secret":"whsec_x","attempt":3}"#;
-        let value = redriven_value(original, "wh_1").unwrap();
+        let value = redriven_value(original, "wh_1", None).unwrap();
         let text = String::from_utf8(value.clone()).unwrap();
         assert!(
             text.contains(r#""payload":{"b":1.50,"a":12345678901234567890}"#),
@@ -701,9 +976,13 @@ mod tests {
         assert_eq!(json["replay_generation"], 1);
         assert_eq!(json["signing_secret"], "whsec_x");
         assert!(json.get("attempt").is_none());
-        let again = redriven_value(&value, "wh_1").unwrap();
+        let again = redriven_value(&value, "wh_1", Some("abc")).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&again).unwrap();
         assert_eq!(json["replay_generation"], 2);
+        assert_eq!(json["script_pin"], "abc");
+        let current = redriven_value(&again, "wh_1", None).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&current).unwrap();
+        assert!(json.get("script_pin").is_none());
     }
 
     #[test]

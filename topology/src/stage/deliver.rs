@@ -673,6 +673,9 @@ async fn choose_script(shared: &DeliverShared, record: &DeliveryRecord) -> Scrip
             ScriptChoice::None
         };
     }
+    if let Some(pin) = &webhook.script_pin {
+        return pinned_script(shared, webhook, pin).await;
+    }
     if let Some(hash) = &webhook.script_hash
         && !shared
             .scripts
@@ -695,6 +698,43 @@ async fn choose_script(shared: &DeliverShared, record: &DeliveryRecord) -> Scrip
             format!("the script of {} was deleted", webhook.config_id.as_str()),
         )),
         None => ScriptChoice::None,
+    }
+}
+
+/// A replay's pinned script: no script (`"none"`), or exactly that version, waited for like a
+/// `script_hash` fence.
+async fn pinned_script(
+    shared: &DeliverShared,
+    webhook: &howk_processor::record::Webhook,
+    pin: &str,
+) -> ScriptChoice {
+    if pin == "none" {
+        return ScriptChoice::None;
+    }
+    if shared.pool.is_none() {
+        return ScriptChoice::Failed(ScriptError::new(
+            ScriptErrorKind::Disabled,
+            "lua is disabled but this webhook is pinned to a script; its raw payload is not sent",
+        ));
+    }
+    let config_id = webhook.config_id.as_str();
+    shared
+        .scripts
+        .wait_for_version(&webhook.config_id, pin, shared.fence_timeout)
+        .await;
+    match shared.scripts.version(config_id, pin) {
+        Ok(Some(config)) => ScriptChoice::Run(howk_processor::lua::Script::new(
+            config.lua_code.as_str(),
+            config.script_config.clone(),
+        )),
+        Ok(None) => ScriptChoice::Failed(ScriptError::new(
+            ScriptErrorKind::NotFound,
+            format!("pinned script version {pin} of {config_id} is not in the scripts table"),
+        )),
+        Err(error) => ScriptChoice::Failed(ScriptError::new(
+            ScriptErrorKind::NotFound,
+            format!("pinned script version {pin} of {config_id} cannot be read: {error}"),
+        )),
     }
 }
 
