@@ -611,3 +611,93 @@ async fn a_time_range_reprocess_as_of_runs_the_script_version_of_the_time() {
     }
     howk.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyed_webhooks_are_redriven_and_lost_originals_are_skipped_or_sent_from_the_copy() {
+    let sink = WebhookSink::start().await;
+    sink.plan("keyed", [Reply::status(400)]);
+    let mut howk = Howk::new(&[]).await;
+    howk.start_ready().await;
+    let keyed = format!(
+        r#"{{"endpoint": "{}", "payload": {{"k": 1}}, "idempotency_key": "order-1", "signing_secret": "{}"}}"#,
+        sink.url("keyed"),
+        secret()
+    );
+    howk.enqueue(&[("keyed:a".to_owned(), keyed.into_bytes())])
+        .await;
+    dead_letters(&howk, 1);
+    // A dead letter whose original is gone from retention (an offset the topic never had).
+    let lost = serde_json::json!({
+        "webhook": {"id": "wh_lost", "config_id": "lost:a", "endpoint": sink.url("lost"),
+            "payload": {"n": 1}, "headers": {"Authorization": "[REDACTED]", "X-Keep": "1"},
+            "max_attempts": 3, "attempt": 2},
+        "reason_type": "exhausted", "reason": "HTTP 503", "attempts": 3,
+        "time": "2026-12-02T00:00:00Z",
+        "origin": {"topic": howk.topic("pending"), "partition": 0, "offset": 10_000_000},
+    });
+    howk.produce("deadletter", "wh_lost", Some(lost.to_string().as_bytes()))
+        .await;
+    dead_letters(&howk, 2);
+
+    let summary = replay(
+        &howk,
+        &[
+            "deadletter",
+            "--config-id",
+            "keyed:a",
+            "--config-id",
+            "lost:a",
+        ],
+    )
+    .await;
+    assert!(
+        summary.contains(&format!("matched    {:>10}", 2)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("enqueued   {:>10}", 1)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("skipped    {:>10}", 1)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("wh_lost") && summary.contains("gone from retention"),
+        "{summary}"
+    );
+    // Its idempotency key does not make the re-drive a duplicate.
+    wait_for(
+        "the keyed webhook again",
+        Duration::from_secs(60),
+        || async { (sink.received("keyed").len() >= 2).then_some(()) },
+    )
+    .await;
+    let mut results = howk.tail("results");
+    results.until("its delivery", Duration::from_secs(30), |records| {
+        count_outcome(records, "delivered") >= 1
+    });
+    assert_eq!(count_outcome(&results.records, "duplicate"), 0);
+
+    // From the dead letter's copy: redacted headers dropped, unsigned, said so.
+    let summary = replay(
+        &howk,
+        &["deadletter", "--id", "wh_lost", "--from-dead-letter-copy"],
+    )
+    .await;
+    assert!(
+        summary.contains(&format!("unsigned {:>10}", 1)),
+        "{summary}"
+    );
+    wait_for("the copy delivered", Duration::from_secs(60), || async {
+        (sink.received("lost").len() >= 1).then_some(())
+    })
+    .await;
+    let request = &sink.received("lost")[0];
+    assert_eq!(request.header("x-webhook-id"), Some("wh_lost"));
+    assert_eq!(request.header("x-keep"), Some("1"));
+    assert_eq!(request.header("authorization"), None);
+    assert_eq!(request.header("x-webhook-signature"), None);
+    assert_eq!(request.header("x-webhook-attempt"), Some("1"));
+    howk.stop();
+}
