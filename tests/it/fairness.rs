@@ -30,22 +30,11 @@ fn delivered(howk: &Howk, count: usize, deadline: Duration) -> Tail {
     results
 }
 
-/// Puts a pass-through script for `config_id` whose `script_config` sets its delivery policy.
+/// Puts a pass-through script for `config_id` whose `script_config` sets its delivery policy;
+/// the policy applies from when the scripts table has it.
 async fn put_policy(howk: &Howk, config_id: &str, script_config: serde_json::Value) {
-    let code = "-- delivery policy only";
-    howk.put_script_with_config(config_id, code, Some(script_config))
+    howk.put_script_ready(config_id, "-- delivery policy only", Some(script_config))
         .await;
-    // The policy applies from when the scripts table has it.
-    let url = howk.api(&format!("/config/{config_id}/script"));
-    wait_for(
-        "the script in the table",
-        Duration::from_secs(30),
-        || async {
-            let response = reqwest::get(&url).await.ok()?;
-            response.status().is_success().then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -265,22 +265,8 @@ async fn a_dry_run_reports_each_webhooks_diff_and_sends_nothing() {
     let sink = WebhookSink::start().await;
     let mut howk = Howk::new(&[]).await;
     howk.start_ready().await;
-    howk.put_script("dry:a", r#"request.headers["X-V"] = "1""#)
+    howk.put_script_ready("dry:a", r#"request.headers["X-V"] = "1""#, None)
         .await;
-    let url = howk.api("/config/dry:a/script");
-    wait_for(
-        "the script in the table",
-        Duration::from_secs(30),
-        || async {
-            reqwest::get(&url)
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        },
-    )
-    .await;
     let webhooks: Vec<(String, Vec<u8>)> = (0..10)
         .map(|n| {
             let value = format!(

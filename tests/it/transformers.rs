@@ -63,21 +63,6 @@ async fn post_incoming(
     (status, value, headers)
 }
 
-/// Puts a delivery script for `config_id` and waits until the API serves it.
-async fn put_delivery_script(howk: &Howk, config_id: &str, code: &str) {
-    howk.put_script(config_id, code).await;
-    let url = howk.api(&format!("/config/{config_id}/script"));
-    wait_for(
-        "the script in the table",
-        Duration::from_secs(30),
-        || async {
-            let response = reqwest::get(&url).await.ok()?;
-            response.status().is_success().then_some(())
-        },
-    )
-    .await;
-}
-
 fn fanout_config(sink: &WebhookSink) -> String {
     let routes: Vec<Value> = ["a", "b", "c"]
         .iter()
@@ -98,10 +83,10 @@ async fn a_transformer_fans_one_body_out_through_each_tenants_delivery_script() 
     std::fs::write(dir.path().join("fanout.json"), fanout_config(&sink)).unwrap();
     let mut howk = howk_with(dir.path(), "2s", &[]).await;
     for tenant in ["a", "b", "c"] {
-        put_delivery_script(
-            &howk,
+        howk.put_script_ready(
             &format!("tenant-{tenant}:1"),
             &format!(r#"request.headers["X-Tenant"] = "{tenant}""#),
+            None,
         )
         .await;
     }

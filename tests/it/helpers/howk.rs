@@ -272,6 +272,28 @@ impl Howk {
         hash
     }
 
+    /// [`put_script_with_config`](Self::put_script_with_config), then waits until the API
+    /// serves the script: from then on the scripts table has it, and webhooks run it.
+    pub async fn put_script_ready(
+        &self,
+        config_id: &str,
+        code: &str,
+        script_config: Option<serde_json::Value>,
+    ) {
+        self.put_script_with_config(config_id, code, script_config)
+            .await;
+        let url = self.api(&format!("/config/{config_id}/script"));
+        super::wait_for(
+            "the script in the table",
+            Duration::from_secs(30),
+            || async {
+                let response = reqwest::get(&url).await.ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Whether `topic` (short name) has no committed record.
     pub fn tail_is_empty(&self, topic: &str) -> bool {
         let mut tail = self.tail(topic);

@@ -206,12 +206,7 @@ fn compare(
 impl DryRunSource {
     fn takes(&self, webhook: &Webhook, timestamp_ms: i64) -> bool {
         let config_id = webhook.config_id.as_str();
-        (self.config_ids.is_empty() || self.config_ids.iter().any(|c| c == config_id))
-            && (self.namespaces.is_empty()
-                || self
-                    .namespaces
-                    .iter()
-                    .any(|n| n == howk_processor::ids::namespace(config_id)))
+        super::config_matches(&self.config_ids, &self.namespaces, config_id)
             && self.since_ms.is_none_or(|s| timestamp_ms >= s)
             && self.until_ms.is_none_or(|u| timestamp_ms < u)
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::dry_run::{DryRunReport, DryRunSource, dry_run};
 use super::{
     JobProgress, JobState, PendingFilter, RedriveFilter, RedriveSettings, ReplayError, find_value,
-    list_progress, new_job, new_reprocess, redrive,
+    list_progress, millis, new_job, new_reprocess, redrive,
 };
 use crate::config::KafkaConfig;
 use crate::log::{Log, OutRecord};
@@ -73,16 +73,6 @@ pub struct DryRunSourceSpec {
     pub limit: Option<u64>,
 }
 
-fn rfc3339_ms(text: &Option<String>) -> Result<Option<i64>, ReplayError> {
-    text.as_deref()
-        .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|t| t.timestamp_millis())
-                .map_err(|e| ReplayError::Invalid(format!("{t:?} is not RFC 3339: {e}")))
-        })
-        .transpose()
-}
-
 struct Running {
     cancel: Arc<AtomicBool>,
     /// The latest progress document.
@@ -132,16 +122,10 @@ impl<L: Log> ReplayJobs<L> {
                 max_rate,
                 batch,
             } => {
-                rfc3339_ms(&filter.since)?;
-                rfc3339_ms(&filter.until)?;
+                millis(&filter.since)?;
+                millis(&filter.until)?;
                 super::check_script_choice(&script)?;
-                let mut job = new_reprocess(filter, script);
-                job.owner = self.instance_id.clone();
-                job.max_rate = max_rate.unwrap_or(self.default_max_rate);
-                job.batch = batch.unwrap_or(super::BATCH).max(1);
-                let id = job.job_id.clone();
-                self.spawn_redrive(job);
-                Ok(id)
+                Ok(self.launch(new_reprocess(filter, script), max_rate, batch))
             }
             JobRequest::Redrive {
                 filter,
@@ -151,17 +135,12 @@ impl<L: Log> ReplayJobs<L> {
                 script,
             } => {
                 // Checked now, so a bad time is a 400, not a failed job.
-                rfc3339_ms(&filter.since)?;
-                rfc3339_ms(&filter.until)?;
+                millis(&filter.since)?;
+                millis(&filter.until)?;
                 super::check_script_choice(&script)?;
                 let mut job = new_job(filter, from_dead_letter_copy);
                 job.script = script;
-                job.owner = self.instance_id.clone();
-                job.max_rate = max_rate.unwrap_or(self.default_max_rate);
-                job.batch = batch.unwrap_or(super::BATCH).max(1);
-                let id = job.job_id.clone();
-                self.spawn_redrive(job);
-                Ok(id)
+                Ok(self.launch(job, max_rate, batch))
             }
             JobRequest::DryRun {
                 lua_code,
@@ -174,8 +153,8 @@ impl<L: Log> ReplayJobs<L> {
                     partition: source.partition,
                     from_offset: source.from_offset,
                     to_offset: source.to_offset,
-                    since_ms: rfc3339_ms(&source.since)?,
-                    until_ms: rfc3339_ms(&source.until)?,
+                    since_ms: millis(&source.since)?,
+                    until_ms: millis(&source.until)?,
                     limit: source.limit,
                 };
                 let candidate = Script::new(lua_code, script_config);
@@ -189,6 +168,21 @@ impl<L: Log> ReplayJobs<L> {
                 Ok(id)
             }
         }
+    }
+
+    /// Runs a re-drive or reprocess owned by this instance: its id.
+    fn launch(
+        self: &Arc<Self>,
+        mut job: JobProgress,
+        max_rate: Option<f64>,
+        batch: Option<usize>,
+    ) -> String {
+        job.owner = self.instance_id.clone();
+        job.max_rate = max_rate.unwrap_or(self.default_max_rate);
+        job.batch = batch.unwrap_or(super::BATCH).max(1);
+        let id = job.job_id.clone();
+        self.spawn_redrive(job);
+        id
     }
 
     /// A job's latest progress: from memory while it runs here, else from `howk.replays`.

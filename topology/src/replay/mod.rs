@@ -200,7 +200,7 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn millis(text: &Option<String>) -> Result<Option<i64>, ReplayError> {
+pub(crate) fn millis(text: &Option<String>) -> Result<Option<i64>, ReplayError> {
     text.as_deref()
         .map(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
@@ -348,12 +348,7 @@ impl Filter {
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_millis());
-        (spec.config_ids.is_empty() || spec.config_ids.iter().any(|c| c == config_id))
-            && (spec.namespaces.is_empty()
-                || spec
-                    .namespaces
-                    .iter()
-                    .any(|n| n == howk_processor::ids::namespace(config_id)))
+        config_matches(&spec.config_ids, &spec.namespaces, config_id)
             // An invalid record would only be refused again: taken when asked for by name.
             && (if spec.reasons.is_empty() {
                 letter.reason_type != "invalid_record"
@@ -488,16 +483,14 @@ pub fn redrive<L: Log>(
     }
 }
 
-/// Reads letters until `batch` match or the job's ends are reached.
-fn scan_batch(
+/// The job's next record within its range, its position moved past it; `None` once every
+/// partition has reached its end.
+fn next_in_range(
     reader: &mut dyn TopicReader,
-    filter: &Filter,
     progress: &mut JobProgress,
-    batch: usize,
-) -> Result<Vec<Item>, ReplayError> {
-    let mut items = Vec::new();
+) -> Result<Option<crate::log::Record>, ReplayError> {
     let mut idle_since = Instant::now();
-    while items.len() < batch && progress.remaining() > 0 {
+    while progress.remaining() > 0 {
         let record = match reader.poll(POLL)? {
             Some(ReadEvent::Record(record)) => record,
             Some(ReadEvent::EndOfPartition(tp)) => {
@@ -510,15 +503,13 @@ fn scan_batch(
                 idle_since = Instant::now();
                 continue;
             }
-            None => {
-                if idle_since.elapsed() > Duration::from_secs(30) {
-                    return Err(ReplayError::Invalid(format!(
-                        "the dead-letter topic stopped short of the job's end ({} letters left)",
-                        progress.remaining()
-                    )));
-                }
-                continue;
+            None if idle_since.elapsed() > Duration::from_secs(30) => {
+                return Err(ReplayError::Invalid(format!(
+                    "the source topic stopped short of the job's end ({} records left)",
+                    progress.remaining()
+                )));
             }
+            None => continue,
         };
         idle_since = Instant::now();
         let end = progress.ends.get(&record.partition).copied().unwrap_or(0);
@@ -531,6 +522,37 @@ fn scan_batch(
             .positions
             .insert(record.partition, record.offset + 1);
         progress.scanned += 1;
+        return Ok(Some(record));
+    }
+    Ok(None)
+}
+
+/// Whether `config_id` is among `config_ids` and in one of `namespaces` (empty lists match
+/// everything).
+pub(crate) fn config_matches(
+    config_ids: &[String],
+    namespaces: &[String],
+    config_id: &str,
+) -> bool {
+    (config_ids.is_empty() || config_ids.iter().any(|c| c == config_id))
+        && (namespaces.is_empty()
+            || namespaces
+                .iter()
+                .any(|n| n == howk_processor::ids::namespace(config_id)))
+}
+
+/// Reads letters until `batch` match or the job's ends are reached.
+fn scan_batch(
+    reader: &mut dyn TopicReader,
+    filter: &Filter,
+    progress: &mut JobProgress,
+    batch: usize,
+) -> Result<Vec<Item>, ReplayError> {
+    let mut items = Vec::new();
+    while items.len() < batch {
+        let Some(record) = next_in_range(reader, progress)? else {
+            break;
+        };
         let Some(value) = record.value.as_deref() else {
             continue;
         };
@@ -842,37 +864,10 @@ fn scan_pending(
 ) -> Result<Vec<Item>, ReplayError> {
     let selected = progress.pending_filter.clone();
     let mut items = Vec::new();
-    let mut idle_since = Instant::now();
-    while items.len() < batch && progress.remaining() > 0 {
-        let record = match reader.poll(POLL)? {
-            Some(ReadEvent::Record(record)) => record,
-            Some(ReadEvent::EndOfPartition(tp)) => {
-                if let Some(end) = progress.ends.get(&tp.partition).copied() {
-                    progress.positions.insert(tp.partition, end);
-                }
-                idle_since = Instant::now();
-                continue;
-            }
-            None => {
-                if idle_since.elapsed() > Duration::from_secs(30) {
-                    return Err(ReplayError::Invalid(format!(
-                        "the pending topic stopped short of the job's end ({} records left)",
-                        progress.remaining()
-                    )));
-                }
-                continue;
-            }
+    while items.len() < batch {
+        let Some(record) = next_in_range(reader, progress)? else {
+            break;
         };
-        idle_since = Instant::now();
-        let end = progress.ends.get(&record.partition).copied().unwrap_or(0);
-        if record.offset >= end {
-            progress.positions.insert(record.partition, end);
-            continue;
-        }
-        progress
-            .positions
-            .insert(record.partition, record.offset + 1);
-        progress.scanned += 1;
         let Some(value) = record.value.as_deref() else {
             continue;
         };
@@ -890,14 +885,7 @@ fn scan_pending(
             continue;
         };
         let config_id = webhook.config_id.as_str();
-        let takes = (selected.config_ids.is_empty()
-            || selected.config_ids.iter().any(|c| c == config_id))
-            && (selected.namespaces.is_empty()
-                || selected
-                    .namespaces
-                    .iter()
-                    .any(|n| n == howk_processor::ids::namespace(config_id)));
-        if !takes {
+        if !config_matches(&selected.config_ids, &selected.namespaces, config_id) {
             continue;
         }
         progress.matched += 1;
