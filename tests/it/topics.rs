@@ -26,6 +26,7 @@ fn howk_topics_create(brokers: &str, prefix: &str) -> std::process::Output {
         "retry",
         "results",
         "deadletter",
+        "replays",
     ] {
         command.env(
             format!("HOWK_KAFKA_TOPICS_{}", topic.to_uppercase()),
@@ -63,7 +64,7 @@ async fn topics_create_makes_every_topic_with_its_policy_and_is_idempotent() {
         "{stdout}{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert_eq!(stdout.matches("Created").count(), 9, "{stdout}");
+    assert_eq!(stdout.matches("Created").count(), 10, "{stdout}");
 
     assert_eq!(
         cleanup_policy(&brokers, &format!("{prefix}.scripts")).await,
@@ -77,11 +78,15 @@ async fn topics_create_makes_every_topic_with_its_policy_and_is_idempotent() {
         cleanup_policy(&brokers, &format!("{prefix}.pending")).await,
         "delete"
     );
+    assert_eq!(
+        cleanup_policy(&brokers, &format!("{prefix}.replays")).await,
+        "compact"
+    );
 
     let second = howk_topics_create(&brokers, &prefix);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{stdout}");
-    assert_eq!(stdout.matches("AlreadyExisted").count(), 9, "{stdout}");
+    assert_eq!(stdout.matches("AlreadyExisted").count(), 10, "{stdout}");
 }
 
 #[test]

@@ -205,17 +205,73 @@ pub fn redacted_webhook(webhook: &Webhook) -> Box<serde_json::value::RawValue> {
     serde_json::value::RawValue::from_string(text).expect("spliced from valid JSON")
 }
 
+/// `bytes` with the contents of every JSON string that is the value of a secret-looking key
+/// replaced by `*`. A token scan, not a parse: it works on broken and truncated JSON (a string
+/// cut off at the end is masked to the end).
+fn mask_secret_values(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    // The end (exclusive) of the string token starting at `start` (a quote).
+    let string_end = |start: usize| -> usize {
+        let mut at = start + 1;
+        while at < bytes.len() {
+            match bytes[at] {
+                b'\\' => at += 2,
+                b'"' => return at + 1,
+                _ => at += 1,
+            }
+        }
+        bytes.len()
+    };
+    let skip_space = |mut at: usize| {
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        at
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] != b'"' {
+            at += 1;
+            continue;
+        }
+        let end = string_end(at);
+        let after = skip_space(end);
+        if after < bytes.len() && bytes[after] == b':' {
+            let value = skip_space(after + 1);
+            let key = String::from_utf8_lossy(&bytes[at + 1..end.saturating_sub(1).max(at + 1)]);
+            if value < bytes.len() && bytes[value] == b'"' && is_secret_header(&key) {
+                let value_end = string_end(value);
+                let inner_end = if value_end > value + 1 && bytes[value_end - 1] == b'"' {
+                    value_end - 1
+                } else {
+                    value_end
+                };
+                out[value + 1..inner_end].fill(b'*');
+                at = value_end;
+                continue;
+            }
+        }
+        at = end;
+    }
+    out
+}
+
 /// What a dead letter shows of a record that is not a valid webhook: the JSON object with
 /// `signing_secret` removed and credential headers redacted, or else the raw bytes (as text when
 /// they are UTF-8, else base64).
 ///
 /// A record over [`RAW_KEEP_BYTES`] (an oversize webhook) is shown by its size and first bytes:
 /// the dead letter must fit the dead-letter topic's record limit.
+///
+/// Bytes kept as they are (a prefix, or text that is not a JSON object) have the string value of
+/// every secret-looking key masked (`signing_secret`, `Authorization`, ...), found by scanning the
+/// JSON tokens, so a broken or truncated record does not carry its secrets into the dead letter.
 pub fn redacted_raw_record(raw: &[u8]) -> serde_json::Value {
     if raw.len() > RAW_KEEP_BYTES {
         return serde_json::json!({
             "raw_bytes": raw.len(),
-            "raw_prefix_base64": base64::engine::general_purpose::STANDARD.encode(&raw[..RAW_KEEP_BYTES]),
+            "raw_prefix_base64": base64::engine::general_purpose::STANDARD
+                .encode(mask_secret_values(&raw[..RAW_KEEP_BYTES])),
         });
     }
     if let Ok(serde_json::Value::Object(mut object)) =
@@ -232,10 +288,11 @@ pub fn redacted_raw_record(raw: &[u8]) -> serde_json::Value {
         }
         return serde_json::json!({ "raw_json": object });
     }
-    match std::str::from_utf8(raw) {
+    let masked = mask_secret_values(raw);
+    match std::str::from_utf8(&masked) {
         Ok(text) => serde_json::json!({ "raw": text }),
         Err(_) => serde_json::json!({
-            "raw_base64": base64::engine::general_purpose::STANDARD.encode(raw)
+            "raw_base64": base64::engine::general_purpose::STANDARD.encode(&masked)
         }),
     }
 }
@@ -333,6 +390,27 @@ mod tests {
         assert_eq!(redacted_raw_record(&[0xff, 0x00])["raw_base64"], "/wA=");
         let huge = vec![b'x'; RAW_KEEP_BYTES + 1];
         assert_eq!(redacted_raw_record(&huge)["raw_bytes"], RAW_KEEP_BYTES + 1);
+    }
+
+    #[test]
+    fn secrets_in_broken_or_oversize_records_are_masked() {
+        // Not JSON (cut off), so kept as text: the secret values are masked, the rest kept.
+        let broken = br#"{"signing_secret": "whsec_abc\"d", "headers": {"Authorization": "Bearer t0k", "X-Plain": "1"}, "payload": {"#;
+        let shown = redacted_raw_record(broken);
+        let text = shown["raw"].as_str().unwrap();
+        assert!(!text.contains("whsec_abc") && !text.contains("t0k"), "{text}");
+        assert!(text.contains(r#""X-Plain": "1""#), "{text}");
+        assert_eq!(text.len(), broken.len(), "masked in place");
+        // Oversize: the kept prefix is masked too, even a value cut off at its end.
+        let mut big = br#"{"previous_signing_secret":"old-secret","payload":""#.to_vec();
+        big.extend(vec![b'x'; RAW_KEEP_BYTES]);
+        let shown = redacted_raw_record(&big);
+        let prefix = base64::engine::general_purpose::STANDARD
+            .decode(shown["raw_prefix_base64"].as_str().unwrap())
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&prefix).contains("old-secret"));
+        let cut = mask_secret_values(br#"{"signing_secret": "whsec_cut"#);
+        assert_eq!(cut, br#"{"signing_secret": "*********"#);
     }
 
     #[test]
