@@ -398,7 +398,10 @@ mod tests {
         let broken = br#"{"signing_secret": "whsec_abc\"d", "headers": {"Authorization": "Bearer t0k", "X-Plain": "1"}, "payload": {"#;
         let shown = redacted_raw_record(broken);
         let text = shown["raw"].as_str().unwrap();
-        assert!(!text.contains("whsec_abc") && !text.contains("t0k"), "{text}");
+        assert!(
+            !text.contains("whsec_abc") && !text.contains("t0k"),
+            "{text}"
+        );
         assert!(text.contains(r#""X-Plain": "1""#), "{text}");
         assert_eq!(text.len(), broken.len(), "masked in place");
         // Oversize: the kept prefix is masked too, even a value cut off at its end.
