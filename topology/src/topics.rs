@@ -2,8 +2,9 @@
 //!
 //! Co-partitioned topics (pending → idempotency changelog, delivery → circuit changelog, retry →
 //! timer changelog, results) share `kafka.partitions`, because a task owns one partition of a
-//! source topic together with the same partition of its changelog. `howk.scripts` and every
-//! changelog are compacted: only the latest value per key matters to a restore.
+//! source topic together with the same partition of its changelog. `howk.scripts`,
+//! `howk.replays` (one partition each) and every changelog are compacted: only the latest value
+//! per key matters.
 
 use std::sync::Arc;
 
@@ -158,7 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn catalogue_compacts_scripts_and_changelogs_only() {
+    fn catalogue_compacts_scripts_replays_and_changelogs_only() {
         let config = KafkaConfig::default();
         let compacted: Vec<_> = catalogue(&config)
             .into_iter()
@@ -169,6 +170,7 @@ mod tests {
             compacted,
             [
                 "howk.scripts",
+                "howk.replays",
                 "howk-idempotency-changelog",
                 "howk-circuit-changelog",
                 "howk-timers-changelog"
@@ -183,7 +185,11 @@ mod tests {
             ..KafkaConfig::default()
         };
         for topic in catalogue(&config) {
-            let expected = if topic.name == "howk.scripts" { 1 } else { 9 };
+            // The scripts and the replay jobs' progress are not keyed like the webhook topics.
+            let expected = match topic.name.as_str() {
+                "howk.scripts" | "howk.replays" => 1,
+                _ => 9,
+            };
             assert_eq!(topic.partitions, expected, "{}", topic.name);
         }
     }
