@@ -203,15 +203,28 @@ pub async fn run(command: ReplayCommand, config: &HowkConfig) -> anyhow::Result<
         ReplayCommand::DryRun(args) => dry_run(log, config, args).await,
         ReplayCommand::Status { job_id } => {
             let replays = config.kafka.topics.replays.clone();
-            let jobs =
-                tokio::task::spawn_blocking(move || list_progress(&*log, &replays)).await??;
+            let jobs = {
+                let log = Arc::clone(&log);
+                tokio::task::spawn_blocking(move || list_progress(&*log, &replays)).await??
+            };
             let jobs: Vec<JobProgress> = jobs
                 .into_iter()
                 .filter(|job| job_id.as_ref().is_none_or(|id| *id == job.job_id))
                 .collect();
             anyhow::ensure!(!jobs.is_empty() || job_id.is_none(), "no such replay job");
             for job in &jobs {
-                print_summary(job);
+                if job.kind == "dry_run" {
+                    // A dry run's document is its report: shown whole.
+                    let replays = config.kafka.topics.replays.clone();
+                    let (log, id) = (Arc::clone(&log), job.job_id.clone());
+                    let document = tokio::task::spawn_blocking(move || {
+                        howk_topology::replay::find_value(&*log, &replays, &id)
+                    })
+                    .await??;
+                    println!("{}\n", serde_json::to_string_pretty(&document)?);
+                } else {
+                    print_summary(job);
+                }
             }
             Ok(())
         }

@@ -421,6 +421,17 @@ async fn admin_replays_redrive_dry_run_and_survive_a_restart() {
     let done = job_until(&howk, started["job_id"].as_str().unwrap(), "done").await;
     assert_eq!(done["report"]["selected"], 40, "{done}");
     assert_eq!(done["report"]["changed"], 40, "{done}");
+    // Its report is on howk.replays, which the CLI shows whole.
+    let dry_run_id = started["job_id"].as_str().unwrap();
+    wait_for(
+        "the report on howk.replays",
+        Duration::from_secs(30),
+        || async {
+            let shown = replay(&howk, &["status", dry_run_id]).await;
+            shown.contains(r#""changed": 40"#).then_some(())
+        },
+    )
+    .await;
 
     // A slow re-drive, killed with its instance mid-way: the restarted instance resumes it.
     let (status, started) = admin(
@@ -543,8 +554,10 @@ async fn a_time_range_reprocess_as_of_runs_the_script_version_of_the_time() {
     )
     .await;
     let between = chrono::Utc::now();
-    // Record times are in milliseconds: the next records are stamped after `between`.
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Record times are in milliseconds: the next records must be stamped after `between`.
+    while chrono::Utc::now() < between + chrono::Duration::milliseconds(2) {
+        tokio::task::yield_now().await;
+    }
     put_and_wait(r#"request.headers["X-V"] = "2""#).await;
     howk.enqueue(&series(3, 5)).await;
     wait_for(
