@@ -356,5 +356,8 @@ async fn a_stopped_broker_answers_503_and_nothing_is_half_written() {
         .collect();
     assert_eq!(seen.len(), 6, "{seen:?}");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
-    howk.stop();
+    // Not a clean stop: the instance's transactions went through a broker restart under a 3-s
+    // request timeout, and its shutdown commit may time out (exit 1) — not what this test is
+    // about. The api test of a stopped broker ends the same way.
+    howk.kill();
 }
