@@ -119,22 +119,10 @@ impl LuaEngine {
         script: &Script,
         input: &ScriptInput<'_>,
     ) -> Result<TransformedRequest, ScriptError> {
-        let settings = Arc::clone(&self.settings);
-        let vm = self.vm()?;
-        let deadline = Instant::now() + settings.timeout;
-        let ceiling = vm
-            .lua
-            .used_memory()
-            .saturating_add(settings.memory_limit_bytes);
-        vm.context.begin(
-            deadline,
-            ceiling,
-            input.metadata.webhook_id,
-            input.metadata.config_id,
-        );
-        let result = vm.run(script, input, &settings);
-        self.settle(&result);
-        result
+        let metadata = &input.metadata;
+        self.run_limited(metadata.webhook_id, metadata.config_id, |vm, settings| {
+            vm.run(script, input, settings)
+        })
     }
 
     /// Runs the transformer `script` on one incoming request (SPEC §7): the webhooks it posted,
@@ -145,6 +133,19 @@ impl LuaEngine {
         input: &TransformerInput,
         allowed_domains: &[String],
     ) -> Result<Vec<Post>, ScriptError> {
+        self.run_limited("", &input.name, |vm, settings| {
+            vm.run_transformer(script, input, allowed_domains, settings)
+        })
+    }
+
+    /// Starts an execution's clock and memory allowance on the VM, runs `run`, and drops the VM
+    /// if a limit tripped.
+    fn run_limited<T>(
+        &mut self,
+        webhook_id: &str,
+        config_id: &str,
+        run: impl FnOnce(&mut Vm, &EngineSettings) -> Result<T, ScriptError>,
+    ) -> Result<T, ScriptError> {
         let settings = Arc::clone(&self.settings);
         let vm = self.vm()?;
         let deadline = Instant::now() + settings.timeout;
@@ -152,8 +153,8 @@ impl LuaEngine {
             .lua
             .used_memory()
             .saturating_add(settings.memory_limit_bytes);
-        vm.context.begin(deadline, ceiling, "", &input.name);
-        let result = vm.run_transformer(script, input, allowed_domains, &settings);
+        vm.context.begin(deadline, ceiling, webhook_id, config_id);
+        let result = run(vm, &settings);
         self.settle(&result);
         result
     }
@@ -318,11 +319,7 @@ impl Vm {
         let env = self
             .environment(script, input, &settings.templates)
             .map_err(|error| self.classify(&error))?;
-        // Only fails when the allocator is not mlua's, which `Lua::new_with` rules out.
-        let _ = self.lua.set_memory_limit(self.context.memory_ceiling());
-        let called = function.call::<()>(env.clone());
-        let _ = self.lua.set_memory_limit(0);
-        called.map_err(|error| self.classify(&error))?;
+        self.call_under_limit(&function, env.clone())?;
         output::extract(&env, input.headers).map_err(|error| match error {
             output::OutputError::Invalid(message) => {
                 ScriptError::new(ScriptErrorKind::InvalidOutput, message)
@@ -351,11 +348,17 @@ impl Vm {
         let env = self
             .transformer_environment(script, input, context)
             .map_err(|error| self.classify(&error))?;
+        self.call_under_limit(&function, env)?;
+        Ok(posts.take())
+    }
+
+    /// Calls a compiled script with its environment, under the execution's memory limit.
+    fn call_under_limit(&self, function: &Function, env: Table) -> Result<(), ScriptError> {
+        // Only fails when the allocator is not mlua's, which `Lua::new_with` rules out.
         let _ = self.lua.set_memory_limit(self.context.memory_ceiling());
         let called = function.call::<()>(env);
         let _ = self.lua.set_memory_limit(0);
-        called.map_err(|error| self.classify(&error))?;
-        Ok(posts.take())
+        called.map_err(|error| self.classify(&error))
     }
 
     /// A fresh environment with a transformer's globals: `incoming`, `headers`, `config` and
