@@ -167,10 +167,6 @@ pub async fn run(command: ReplayCommand, config: &HowkConfig) -> anyhow::Result<
             };
             let mut job = new_job(filter, args.from_dead_letter_copy);
             job.script = args.script;
-            eprintln!(
-                "replay job {} (resume it with `howk replay resume {}`)",
-                job.job_id, job.job_id
-            );
             drive(log, config, job, &args.pace).await
         }
         ReplayCommand::Pending(args) => {
@@ -184,10 +180,6 @@ pub async fn run(command: ReplayCommand, config: &HowkConfig) -> anyhow::Result<
                 until: args.until,
             };
             let job = howk_topology::replay::new_reprocess(filter, args.script);
-            eprintln!(
-                "replay job {} (resume it with `howk replay resume {}`)",
-                job.job_id, job.job_id
-            );
             drive(log, config, job, &args.pace).await
         }
         ReplayCommand::Resume { job_id, pace } => {
@@ -252,6 +244,12 @@ async fn drive(
         .expect("a valid template"),
     );
     howk_topology::replay::check_script_choice(&job.script)?;
+    if job.ends.is_empty() {
+        eprintln!(
+            "replay job {} (resume it with `howk replay resume {}`)",
+            job.job_id, job.job_id
+        );
+    }
     // An as-of choice reads the versions the scripts had.
     let scripts = if matches!(job.script.as_str(), "as-of" | "as_of") {
         let table = howk_topology::scripts_table::ScriptsTable::in_memory();

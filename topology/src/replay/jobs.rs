@@ -293,29 +293,17 @@ impl<L: Log> ReplayJobs<L> {
     }
 
     fn spawn_dry_run(self: &Arc<Self>, job_id: String, candidate: Script, source: DryRunSource) {
-        let jobs = Arc::clone(self);
-        let document = |state: &str, report: &DryRunReport, error: Option<String>| {
-            serde_json::json!({
-                "job_id": job_id, "kind": "dry_run", "state": state, "owner": jobs.instance_id,
-                "report": report, "error": error,
-            })
-        };
-        let first = document("running", &DryRunReport::default(), None);
+        let first = self.dry_run_document(&job_id, "running", &DryRunReport::default(), None);
         let running = self.track(&job_id, first.clone());
-        let _ = self.write(&job_id, &first);
+        if let Err(error) = self.write(&job_id, &first) {
+            tracing::warn!(job_id, %error, "cannot record the dry run's start on howk.replays");
+        }
         let jobs = Arc::clone(self);
         std::thread::Builder::new()
             .name("howk-dry-run".into())
             .spawn(move || {
                 let status = Arc::clone(&running.status);
-                let document = |state: &str, report: &DryRunReport, error: Option<String>| {
-                    serde_json::json!({
-                        "job_id": job_id, "kind": "dry_run", "state": state,
-                        "owner": jobs.instance_id, "report": report, "error": error,
-                    })
-                };
                 let mut engine = LuaEngine::new(jobs.engine_settings.clone());
-                let mut last = DryRunReport::default();
                 let outcome = dry_run(
                     &*jobs.log,
                     &jobs.kafka.topics.pending,
@@ -327,20 +315,27 @@ impl<L: Log> ReplayJobs<L> {
                     |_, report| {
                         if report.selected % 100 == 0 {
                             *status.lock().expect("status lock") =
-                                document("running", report, None);
+                                jobs.dry_run_document(&job_id, "running", report, None);
                         }
                         !running.cancel.load(Ordering::Relaxed)
                     },
                 );
                 let end = match outcome {
-                    Ok(report) if running.cancel.load(Ordering::Relaxed) => {
-                        document("cancelled", &report, None)
-                    }
                     Ok(report) => {
-                        last = report;
-                        document("done", &last, None)
+                        let state = if running.cancel.load(Ordering::Relaxed) {
+                            "cancelled"
+                        } else {
+                            "done"
+                        };
+                        jobs.dry_run_document(&job_id, state, &report, None)
                     }
-                    Err(error) => document("failed", &last, Some(error.to_string())),
+                    // The report as far as it got.
+                    Err(error) => {
+                        let mut failed = status.lock().expect("status lock").clone();
+                        failed["state"] = "failed".into();
+                        failed["error"] = error.to_string().into();
+                        failed
+                    }
                 };
                 *status.lock().expect("status lock") = end.clone();
                 if let Err(error) = jobs.write(&job_id, &end) {
@@ -349,5 +344,19 @@ impl<L: Log> ReplayJobs<L> {
                 jobs.running.lock().expect("jobs lock").remove(&job_id);
             })
             .expect("spawn a dry-run thread");
+    }
+
+    /// A dry run's document on `howk.replays` and at `GET /admin/replays/:id`.
+    fn dry_run_document(
+        &self,
+        job_id: &str,
+        state: &str,
+        report: &DryRunReport,
+        error: Option<String>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "job_id": job_id, "kind": "dry_run", "state": state, "owner": self.instance_id,
+            "report": report, "error": error,
+        })
     }
 }
