@@ -52,6 +52,9 @@ struct Inner {
     hashes: RwLock<HashMap<String, HashSet<String>>>,
     /// The versions, and each config_id's latest `valid_from` (what `apply` orders by).
     versions: Mutex<(Versions, HashMap<String, i64>)>,
+    /// Versions found by [`ScriptsTable::pinned`], by (config_id, hash): a replay pins many
+    /// webhooks to one version, and a version never changes once stored.
+    pinned: Mutex<HashMap<(String, String), Script>>,
     ready: watch::Sender<bool>,
     changed: Notify,
     stop: AtomicBool,
@@ -88,6 +91,7 @@ impl ScriptsTable {
                 latest: RwLock::default(),
                 hashes: RwLock::default(),
                 versions: Mutex::new((VersionedStore::new(store), HashMap::new())),
+                pinned: Mutex::default(),
                 ready: watch::Sender::new(false),
                 changed: Notify::new(),
                 stop: AtomicBool::new(false),
@@ -234,7 +238,7 @@ impl ScriptsTable {
 
     /// The version `hash` of the script `config_id` runs (its own, else its namespace's), for
     /// a webhook pinned to it (replays).
-    pub fn version(&self, config_id: &str, hash: &str) -> Result<Option<ScriptConfig>, StoreError> {
+    fn version(&self, config_id: &str, hash: &str) -> Result<Option<ScriptConfig>, StoreError> {
         let versions = self.inner.versions.lock().expect("versions lock");
         for id in [config_id, namespace(config_id)] {
             for (_, value) in versions.0.versions(id.as_bytes())? {
@@ -246,6 +250,26 @@ impl ScriptsTable {
             }
         }
         Ok(None)
+    }
+
+    /// The script of version `hash` for `config_id` (see [`version`](Self::version)), ready to
+    /// run; looked up in the store once per (config_id, hash).
+    pub fn pinned(&self, config_id: &str, hash: &str) -> Result<Option<Script>, StoreError> {
+        let key = (config_id.to_owned(), hash.to_owned());
+        if let Some(script) = self.inner.pinned.lock().expect("pinned lock").get(&key) {
+            return Ok(Some(script.clone()));
+        }
+        // A miss is not kept: the version may reach the table later.
+        let Some(config) = self.version(config_id, hash)? else {
+            return Ok(None);
+        };
+        let script = Script::new(config.lua_code.as_str(), config.script_config);
+        self.inner
+            .pinned
+            .lock()
+            .expect("pinned lock")
+            .insert(key, script.clone());
+        Ok(Some(script))
     }
 
     /// The script that ran for `config_id` at `time_ms` (its own then, else its namespace's):

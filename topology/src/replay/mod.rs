@@ -343,11 +343,14 @@ impl Filter {
         let spec = &self.spec;
         let config_id = webhook.config_id.as_deref().unwrap_or_default();
         let id = webhook.id.as_deref().unwrap_or_default();
-        let time_ms = letter
-            .time
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_millis());
+        // Parsed only when the filter has a time range.
+        let time_ms = || {
+            letter
+                .time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+        };
         config_matches(&spec.config_ids, &spec.namespaces, config_id)
             // An invalid record would only be refused again: taken when asked for by name.
             && (if spec.reasons.is_empty() {
@@ -356,8 +359,8 @@ impl Filter {
                 spec.reasons.contains(&letter.reason_type)
             })
             && (spec.webhook_ids.is_empty() || spec.webhook_ids.iter().any(|w| w == id))
-            && self.since_ms.is_none_or(|s| time_ms.is_some_and(|t| t >= s))
-            && self.until_ms.is_none_or(|u| time_ms.is_some_and(|t| t < u))
+            && self.since_ms.is_none_or(|s| time_ms().is_some_and(|t| t >= s))
+            && self.until_ms.is_none_or(|u| time_ms().is_some_and(|t| t < u))
     }
 }
 
@@ -372,8 +375,9 @@ struct Item {
     original: Option<Original>,
 }
 
-/// Starts a re-drive (when `resume` is `None`) or resumes one; runs it to its end, calling
-/// `report` after each committed batch. `cancel` stops it between batches.
+/// Runs a re-drive or reprocess job to its end: a new one (its progress has no ends yet) from
+/// the start of its range, a resumed one from its committed positions. Calls `report` after
+/// each committed batch; `cancel` stops it between batches.
 ///
 /// `scripts` is needed by an `as-of` script choice (the versions a webhook's config had).
 pub fn redrive<L: Log>(

@@ -722,11 +722,8 @@ async fn pinned_script(
         .scripts
         .wait_for_version(&webhook.config_id, pin, shared.fence_timeout)
         .await;
-    match shared.scripts.version(config_id, pin) {
-        Ok(Some(config)) => ScriptChoice::Run(howk_processor::lua::Script::new(
-            config.lua_code.as_str(),
-            config.script_config.clone(),
-        )),
+    match shared.scripts.pinned(config_id, pin) {
+        Ok(Some(script)) => ScriptChoice::Run(script),
         Ok(None) => ScriptChoice::Failed(ScriptError::new(
             ScriptErrorKind::NotFound,
             format!("pinned script version {pin} of {config_id} is not in the scripts table"),
