@@ -384,7 +384,7 @@ fn load_one(
                 Ok(users) => Some(users),
                 Err(line) => {
                     fail(format!(
-                        "{} line {line} is not user:password",
+                        "{} line {line} is not user:password (or its bcrypt hash is malformed)",
                         passwd_path.display()
                     ));
                     Some(Vec::new())
@@ -408,7 +408,8 @@ fn load_one(
 }
 
 /// `user:hash` lines: bcrypt (`$2a$`, `$2b$`, `$2y$`) or plaintext. `Err(line number)` for a
-/// line without a colon.
+/// line without a colon, or a bcrypt hash that is not `$2?$<cost>$<53 characters>` (it could
+/// never verify: the file is broken, not the caller's password).
 fn parse_passwd(text: &str) -> Result<Vec<Credential>, usize> {
     let mut users = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -425,6 +426,12 @@ fn parse_passwd(text: &str) -> Result<Vec<Credential>, usize> {
                 .iter()
                 .any(|p| secret.starts_with(p))
             {
+                let well_formed = secret.len() == 60
+                    && secret.as_bytes()[4..6].iter().all(u8::is_ascii_digit)
+                    && secret.as_bytes()[6] == b'$';
+                if !well_formed {
+                    return Err(n + 1);
+                }
                 Credential::Bcrypt {
                     user,
                     hash: secret.to_owned(),
@@ -513,11 +520,13 @@ mod tests {
             ("a.json", "{not json"),
             ("b.lua", "--"),
             ("b.passwd", "no colon here"),
+            ("d.lua", "--"),
+            ("d.passwd", "admin:$2b$12$cut-short"),
             ("c.lua", "--"),
             ("c.json", r#"{"allowed_domains": "a.example"}"#),
         ]);
         let transformers = Transformers::load(config(&[dir.path()]));
-        for name in ["a", "b", "c"] {
+        for name in ["a", "b", "c", "d"] {
             let transformer = transformers.get(name).unwrap();
             assert!(transformer.problem.is_some(), "{name}");
         }

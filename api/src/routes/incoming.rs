@@ -129,8 +129,10 @@ async fn run(
         headers: headers
             .iter()
             .filter(|(name, _)| *name != header::AUTHORIZATION)
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            // A value that is not visible ASCII reaches the script as lossy UTF-8, not dropped.
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
             })
             .collect(),
     };
